@@ -1,0 +1,203 @@
+"""
+Benchmark the real training step (train.Trainer.train_iteration, the same code train.py runs) and the
+optimizers alone. Prints Markdown tables; with --out, also writes them to a file.
+
+    python bench.py                                    # GPT-2 124M, AdamW vs Sophia-G, 480 x 1024 tokens
+    python bench.py --optimizers=adamw,sophiag,lion,sophiah --batch_size=16
+    python bench.py --size=gpt2-medium --batch_size=8
+    python bench.py --optim_only                       # step / update_hessian alone vs their memory floor
+    python bench.py --profile                          # also a torch profiler trace per optimizer
+
+Data are random tokens (a synthetic dataset written to data/bench_synthetic/), unless --dataset names
+a prepared one. Timings are medians over repeated runs with the device synchronised around them.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from configurator import make_config
+from data.tokens import write_tokens
+from model import GPT, GPT_SIZES, GPTConfig
+from sophia import Lion, SophiaG
+from train import Trainer, init_distributed, synchronize
+
+OPTIMIZER_SETTINGS = {  # the paper configs' hyperparameters (they do not change the speed)
+    "adamw": dict(learning_rate=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95),
+    "sophiag": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.05),
+    "sophiah": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.01),
+    "lion": dict(learning_rate=1e-4, weight_decay=1.0, beta1=0.95, beta2=0.98),
+}
+
+
+def make_synthetic_dataset(name="bench_synthetic", n_tokens=20_000_000, vocab=50257):
+    folder = os.path.join("data", name)
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        path = os.path.join(folder, f"{split}.bin")
+        if not os.path.exists(path):
+            write_tokens(path, rng.integers(0, vocab, n_tokens, dtype=np.uint16))
+    return name
+
+
+def timed(fn, device):
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def bench_training(args, optimizer_name):
+    """One row: the training step of train.py with this optimizer, Hessian refresh included."""
+    cfg = make_config(**GPT_SIZES[args.size], dataset=args.dataset, batch_size=args.batch_size,
+                      total_bs=args.total_bs, block_size=args.block_size, optimizer_name=optimizer_name,
+                      compile=not args.no_compile, out_dir=args.out_dir, warmup_iters=10, eval_iters=1,
+                      hess_total_bs=args.hess_total_bs, peak_flops=args.peak_flops,
+                      **OPTIMIZER_SETTINGS[optimizer_name])
+    cfg, dist = init_distributed(cfg)
+    trainer = Trainer(cfg, dist)
+    k = cfg.hess_interval
+    for _ in range(k):  # compiles the training step and, at iteration k, the refresh
+        trainer.train_iteration()
+    torch.cuda.reset_peak_memory_stats() if dist.device.startswith("cuda") else None
+    n = k * args.rounds  # whole refresh periods, so the refresh's share is exact
+    seconds = timed(lambda: [trainer.train_iteration() for _ in range(n)], dist.device)
+    row = {
+        "optimizer": optimizer_name,
+        "ms/iter": 1000 * seconds / n,
+        "tokens/s": trainer.tokens_per_iter * n / seconds,
+        "MFU": trainer.model.estimate_mfu(trainer.tokens_per_iter, seconds / n, cfg.peak_flops),
+        "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if dist.device.startswith("cuda") else float("nan"),
+    }
+    if trainer.refresh:
+        refresh = statistics.median(timed(trainer.refresh, dist.device) for _ in range(3))
+        row["refresh ms"] = 1000 * refresh
+        row["refresh ms/iter"] = 1000 * refresh / k
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(k):
+                trainer.train_iteration()
+            synchronize(dist.device)
+        path = os.path.join(args.out_dir, f"trace_{optimizer_name}.json")
+        prof.export_chrome_trace(path)
+        print(f"profile: {path}")
+    del trainer
+    torch.cuda.empty_cache() if dist.device.startswith("cuda") else None
+    return row
+
+
+def copy_bandwidth(device, n_bytes=2**30):
+    """Achieved device memory bandwidth: bytes read + written by a large copy, per second."""
+    src = torch.empty(n_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    seconds = statistics.median(timed(lambda: dst.copy_(src), device) for _ in range(10))
+    return 2 * n_bytes / seconds
+
+
+def bench_optimizers(args):
+    """The optimizer step and Hessian update alone, on the model's parameters (fp32), against the
+    memory-traffic floor (fp32 tensors each read or written once)."""
+    device = args.device
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**GPT_SIZES[args.size], bias=False)).to(device)
+    params = [p for p in model.parameters()]
+    n = sum(p.numel() for p in params)
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    bandwidth = copy_bandwidth(device)
+
+    def floor_ms(tensor_passes):
+        return 1000 * tensor_passes * 4 * n / bandwidth
+
+    def median_ms(fn, reps=args.reps):
+        fn()
+        fn()  # warm up (and compile)
+        return 1000 * statistics.median(timed(fn, device) for _ in range(reps))
+
+    groups = lambda: model.optim_groups(0.1)
+    cases = [  # name, optimizer, passes over the parameters (reads + writes) for step
+        ("SophiaG single-tensor (reference)", lambda: SophiaG(groups(), foreach=False, fused=False), 6),
+        ("SophiaG foreach", lambda: SophiaG(groups(), foreach=True, fused=False), 6),
+        ("SophiaG fused (compiled)", lambda: SophiaG(groups(), fused=True), 6),
+        ("Lion fused (compiled)", lambda: Lion(groups(), fused=True), 5),
+        ("AdamW foreach (torch)", lambda: torch.optim.AdamW(groups(), foreach=True), 7),
+        ("AdamW fused (torch)", lambda: torch.optim.AdamW(groups(), fused=True), 7),
+    ]
+    rows = []
+    for name, make, passes in cases:
+        opt = make()
+        row = {"optimizer": name, "step ms": median_ms(opt.step), "step floor ms": floor_ms(passes)}
+        if hasattr(opt, "update_hessian"):
+            row["update_hessian ms"] = median_ms(opt.update_hessian)
+            row["update_hessian floor ms"] = floor_ms(3)
+        rows.append(row)
+        del opt
+    header = (f"{args.size}: {n / 1e6:.1f}M fp32 parameters; copy bandwidth {bandwidth / 1e12:.2f} TB/s "
+              f"(read + write); {torch.cuda.get_device_name() if device.startswith('cuda') else device}")
+    return header, rows
+
+
+def markdown(rows):
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = []
+        for k in keys:
+            v = row.get(k, "")
+            cells.append(f"{100 * v:.1f}%" if k == "MFU" else f"{v:,.0f}" if k == "tokens/s"
+                         else f"{v:.2f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="gpt2", choices=list(GPT_SIZES))
+    parser.add_argument("--optimizers", default="adamw,sophiag")
+    parser.add_argument("--batch_size", type=int, default=12, help="micro-batch in sequences")
+    parser.add_argument("--total_bs", type=int, default=480, help="sequences per iteration")
+    parser.add_argument("--hess_total_bs", type=int, default=0, help="sequences per Hessian refresh (0: total_bs)")
+    parser.add_argument("--block_size", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=2, help="timed refresh periods (hess_interval iterations each)")
+    parser.add_argument("--dataset", default="", help="a prepared dataset under data/ (default: synthetic tokens)")
+    parser.add_argument("--no_compile", action="store_true")
+    parser.add_argument("--peak_flops", type=float, default=989e12, help="for MFU (H100 SXM bf16 dense)")
+    parser.add_argument("--optim_only", action="store_true", help="only time the optimizers' update kernels")
+    parser.add_argument("--reps", type=int, default=50, help="repetitions per optimizer-only timing")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--out_dir", default="out-bench")
+    parser.add_argument("--out", default="", help="also append the tables to this file")
+    args = parser.parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    if args.optim_only:
+        header, rows = bench_optimizers(args)
+    else:
+        args.dataset = args.dataset or make_synthetic_dataset()
+        rows = [bench_training(args, name) for name in args.optimizers.split(",")]
+        base = next((r for r in rows if r["optimizer"] == "adamw"), None)
+        for row in rows:
+            if base and row is not base:
+                row["time vs adamw"] = f"{100 * (row['ms/iter'] / base['ms/iter'] - 1):+.1f}%"
+                row["memory vs adamw"] = f"{100 * (row['peak GiB'] / base['peak GiB'] - 1):+.1f}%"
+        header = (f"{args.size}, micro-batch {args.batch_size}, {args.total_bs} x {args.block_size} tokens per "
+                  f"iteration, compile={not args.no_compile}, "
+                  f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}")
+    text = f"{header}\n\n{markdown(rows)}\n"
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

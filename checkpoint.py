@@ -1,0 +1,57 @@
+"""
+Checkpoints: written atomically, read without running code (weights_only), with one-line errors.
+"""
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from data.tokens import atomic_write  # the token files' temp-file-and-rename writer
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(state, path):
+    """Write `state` to `path` so that a crash or kill mid-write never damages the previous checkpoint
+    (a temporary file beside it, fsynced, then renamed over it)."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """The checkpoint at `path`, loaded with weights_only=True: tensors and plain Python values only,
+    so a checkpoint from elsewhere cannot run code."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path} to resume from; train with init_from='scratch' first")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean the same here
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint of this "
+                              f"project ({reason})") from None
+
+
+def rng_state(device):
+    """Every random generator a run draws from, as tensors and plain values (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

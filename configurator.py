@@ -1,0 +1,163 @@
+"""
+Training configuration: every knob with its default, and how a run sets it.
+
+    python train.py config/train_gpt2_small_sophia.py --max_iters=2000 --learning_rate=3e-4
+
+Config files (`config/*.py`) are plain Python assignments; `--key=value` overrides are parsed as Python
+literals (strings may be left unquoted). Both apply in command-line order. Key names follow the official
+Sophia code (github.com/Liuhong99/Sophia), so its published configs read the same. An unknown key, a value
+of the wrong type or an invalid choice stops the run with one line that names the key and what is valid.
+"""
+
+import ast
+import dataclasses
+import difflib
+import types
+from dataclasses import dataclass
+from typing import Optional
+
+OPTIMIZER_NAMES = ("adamw", "sophiag", "sophiah", "lion")
+
+
+@dataclass
+class Config:
+    # I/O
+    out_dir: str = "out"
+    eval_interval: int = 1000  # evaluate (and checkpoint) every this many iterations
+    log_interval: int = 10
+    eval_iters: int = 200  # batches per split in an evaluation
+    eval_only: bool = False  # evaluate once and exit
+    always_save_checkpoint: bool = True  # else save at an evaluation only when val loss improved
+    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    # wandb
+    wandb_log: bool = False
+    wandb_project: str = "sophia"
+    wandb_run_name: str = "gpt2"
+    wandb_group: str = ""  # runs to compare side by side, e.g. 'small-100k'
+    # data
+    dataset: str = "openwebtext"  # data/<dataset>/{train,val}.bin
+    batch_size: int = 12  # micro-batch per process, in sequences
+    block_size: int = 1024
+    total_bs: int = 480  # global batch in sequences: accumulation = total_bs / (batch_size * processes)
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False
+    scale_attn_by_inverse_layer_idx: bool = True
+    # optimizer
+    optimizer_name: str = "sophiag"  # one of OPTIMIZER_NAMES
+    learning_rate: float = 6e-4  # peak
+    max_iters: int = 100000
+    weight_decay: float = 2e-1
+    beta1: float = 0.965
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # clip the global gradient norm at this value; 0 disables
+    rho: float = 0.05  # Sophia's clipping scale (the paper's gamma)
+    hess_interval: int = 10  # Sophia: refresh the Hessian EMA every this many iterations
+    hess_total_bs: int = 0  # Sophia: sequences in a Hessian refresh batch; 0 = total_bs (official)
+    # learning rate schedule: linear warmup, then cosine to min_lr at lr_decay_iters
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 100000
+    min_lr: float = 1.5e-5
+    # system
+    backend: str = "auto"  # DDP backend: 'auto' = nccl on CUDA, gloo on CPU
+    device: str = "auto"  # 'auto' = cuda if available, else cpu; or 'cpu', 'cuda', 'cuda:1', ...
+    dtype: str = "bfloat16"  # autocast dtype ('bfloat16') or 'float32'; weights are always fp32
+    compile: Optional[bool] = None  # torch.compile the model; None = on for CUDA, off for CPU
+    seed: int = 1337
+    peak_flops: float = 989e12  # for MFU: H100 SXM bf16 dense; A100 bf16: 312e12
+
+
+CHOICES = {
+    "optimizer_name": OPTIMIZER_NAMES,
+    "init_from": ("scratch", "resume"),
+    "dtype": ("bfloat16", "float32"),
+}
+POSITIVE = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size", "total_bs",
+            "n_layer", "n_head", "n_embd", "hess_interval")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# what each field type accepts, and how an error names it
+TYPE_RULES = {
+    int: ((int,), "an int"),
+    float: ((int, float), "a number"),
+    bool: ((bool,), "True or False"),
+    str: ((str,), "a string"),
+    Optional[bool]: ((bool, type(None)), "True, False or None"),
+}
+
+
+def _field_types():
+    return {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _check_type(key, value, expected):
+    allowed, name = TYPE_RULES[expected]
+    if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+        raise ConfigError(f"config key '{key}' must be {name}, got {type(value).__name__} {value!r}")
+
+
+def _unknown_key(key):
+    keys = list(_field_types())
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}; valid keys: {', '.join(keys)}")
+
+
+def parse_value(text):
+    """A Python literal, or the text itself (so --dataset=enwiki needs no quotes)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def read_config_file(path):
+    """The plain assignments of a config file (modules it imports and _private names are skipped)."""
+    try:
+        source = open(path).read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    namespace = {}
+    exec(compile(source, path, "exec"), {}, namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)}
+
+
+def load_config(argv):
+    """Config from defaults, then config files and --key=value overrides in command-line order."""
+    values = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                raise ConfigError(f"expected --key=value, got '{arg}'")
+            values[key] = parse_value(text)
+        else:
+            values.update(read_config_file(arg))
+    return make_config(**values)
+
+
+def make_config(**values):
+    """A validated Config from keyword values (unknown keys, wrong types and bad choices raise)."""
+    types_ = _field_types()
+    for key, value in values.items():
+        if key not in types_:
+            raise _unknown_key(key)
+        _check_type(key, value, types_[key])
+        if types_[key] is float:
+            values[key] = float(value)
+    cfg = Config(**values)
+    for key, choices in CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {getattr(cfg, key)!r}")
+    for key in POSITIVE:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {getattr(cfg, key)}")
+    return cfg

@@ -1,0 +1,1 @@
+"""Datasets as nanoGPT-format token files: data/<name>/{train,val}.bin + meta.json (see data/README.md)."""

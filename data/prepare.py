@@ -1,0 +1,138 @@
+"""Tokenise text documents with GPT-2 BPE and write a dataset folder: train.bin, val.bin, meta.json.
+
+    python data/prepare.py --input notes.txt more.jsonl.xz --out data/mytext
+
+Inputs, one or more files, in order:
+- .txt / .txt.xz: the whole file is one document; with --split_blank_lines, every run of blank
+  lines separates documents instead. Surrounding whitespace is stripped, empty documents dropped.
+- .jsonl / .jsonl.xz: one JSON object per line; its --text_field (default "text") is a document, as is.
+Files are read as UTF-8, line endings normalised to LF. The documents are split like nanoGPT's
+OpenWebText: train_test_split(test_size, seed=2357, shuffle=True), the test part renamed "val".
+The inputs are read into memory; the tokens are not.
+data/openwebtext/prepare.py and data/enwiki_sample/prepare.py reuse tokenize_and_write below.
+"""
+import argparse
+import json
+import lzma
+import os
+import re
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `python data/...`
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset, Features, List, Value
+from tqdm import tqdm
+
+from data.tokens import write_meta, write_tokens
+from tokenizer import EOT, N_VOCAB, gpt2_encoding
+
+SEED = 2357  # nanoGPT's and the Sophia repository's split seed
+DOCS_PER_WRITE = 1024
+TOKENIZED = Features({"ids": List(Value("uint16")), "len": Value("int64")})
+
+
+def open_text(path: str) -> TextIO:
+    opener = lzma.open if path.endswith(".xz") else open
+    return opener(path, "rt", encoding="utf-8")
+
+
+def read_documents(path: str, text_field: str = "text", split_blank_lines: bool = False) -> list[str]:
+    """The documents in one input file (see the module docstring for the formats)."""
+    name = path.removesuffix(".xz")
+    if name.endswith(".jsonl"):
+        with open_text(path) as f:
+            rows = [(i, json.loads(line)) for i, line in enumerate(f, 1) if line.strip()]
+        for i, row in rows:
+            if text_field not in row:
+                raise ValueError(f"{path}:{i} has no {text_field!r} field; pick the field with --text_field")
+        return [row[text_field] for _, row in rows]
+    if name.endswith(".txt"):
+        with open_text(path) as f:
+            text = f.read()
+        parts = re.split(r"\n\s*\n", text) if split_blank_lines else [text]
+        return [part.strip() for part in parts if part.strip()]
+    raise ValueError(f"{path}: unsupported input, expected .txt, .jsonl (optionally .xz-compressed)")
+
+
+def load_documents(paths: list[str], text_field: str = "text", split_blank_lines: bool = False) -> Dataset:
+    """A Dataset with one "text" row per document of the given files, in order."""
+    docs = [doc for path in paths for doc in read_documents(path, text_field, split_blank_lines)]
+    return Dataset.from_dict({"text": docs})
+
+
+def split_train_val(docs: Dataset, test_size: float = 0.0005, seed: int = SEED) -> dict[str, Dataset]:
+    """nanoGPT's split; a float test_size rounds the val count up, so val gets at least 1 document."""
+    if len(docs) < 2:
+        raise ValueError(f"need at least 2 documents to make a train and a val split, got {len(docs)}")
+    split = docs.train_test_split(test_size=test_size, seed=seed, shuffle=True)
+    return {"train": split["train"], "val": split["test"]}
+
+
+def tokenize_batch(batch: dict[str, list]) -> dict[str, list]:
+    enc = gpt2_encoding()
+    ids = [enc.encode_ordinary(text) + [EOT] for text in batch["text"]]
+    return {"ids": ids, "len": [len(x) for x in ids]}
+
+
+def token_batches(tokenized: Dataset, total: int, desc: str) -> Iterator[np.ndarray]:
+    """The token ids of tokenized, in document order, a few documents at a time, with a progress bar."""
+    with tqdm(total=total, unit="tok", unit_scale=True, desc=desc) as bar:
+        for table in tokenized.with_format("arrow").iter(batch_size=DOCS_PER_WRITE):
+            ids = pc.list_flatten(table["ids"]).to_numpy()
+            yield ids
+            bar.update(ids.size)
+
+
+def tokenize_and_write(splits: dict[str, Dataset], out_dir: str, num_proc: int = 1, source: str = "") -> dict:
+    """Tokenise each split's "text" (encode_ordinary + EOT per document), write out_dir/<split>.bin
+    atomically, then out_dir/meta.json; return the meta."""
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"tokenizer": "gpt2", "vocab_size": N_VOCAB, "dtype": "uint16", "eot": EOT,
+            "tokens": {}, "documents": {}, "source": source}
+    for name, docs in splits.items():
+        if len(docs) == 0:
+            raise ValueError(f"split {name!r} has no documents")
+        tokenized = docs.map(tokenize_batch, batched=True, remove_columns=docs.column_names, features=TOKENIZED,
+                             num_proc=min(num_proc, len(docs)), desc=f"tokenizing {name}")
+        total = int(np.sum(tokenized.with_format("numpy")["len"]))
+        path = os.path.join(out_dir, f"{name}.bin")
+        meta["tokens"][name] = write_tokens(path, token_batches(tokenized, total, desc=f"writing {path}"))
+        meta["documents"][name] = len(docs)
+    write_meta(out_dir, meta)  # last, so it only ever describes complete .bin files
+    return meta
+
+
+def prepare_local_files(paths: list[str], out_dir: str, test_size: float = 0.0005, num_proc: int = 1,
+                        text_field: str = "text", split_blank_lines: bool = False) -> dict:
+    docs = load_documents(paths, text_field, split_blank_lines)
+    source = f"local files {', '.join(paths)}; train_test_split(test_size={test_size}, seed={SEED}), test -> val"
+    return tokenize_and_write(split_train_val(docs, test_size), out_dir, num_proc, source)
+
+
+def print_counts(meta: dict, out_dir: str) -> None:
+    for name, n_tokens in meta["tokens"].items():
+        print(f"{os.path.join(out_dir, name)}.bin: {n_tokens:,} tokens, {meta['documents'][name]:,} documents")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, help=".txt, .jsonl, optionally .xz")
+    parser.add_argument("--out", required=True, help="dataset folder, e.g. data/mytext")
+    parser.add_argument("--test_size", type=float, default=0.0005, help="fraction of documents for val")
+    parser.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--text_field", default="text", help="JSONL field holding the text")
+    parser.add_argument("--split_blank_lines", action="store_true", help="blank lines separate .txt documents")
+    args = parser.parse_args()
+    if not 0 < args.test_size < 1:
+        parser.error("--test_size must be a fraction in (0, 1)")
+    meta = prepare_local_files(args.input, args.out, args.test_size, args.num_proc,
+                               args.text_field, args.split_blank_lines)
+    print_counts(meta, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""
+The small-scale protocol: does Sophia-G reach AdamW's loss in about half the steps? One GPU, ~1 hour.
+
+    python scripts/protocol.py              # run what is not done yet, then compare
+    python scripts/protocol.py --budget 540 # start no run that would not finish within 540 s
+    python scripts/protocol.py --plan       # print the plan and what is done
+
+The paper compares runs with their own schedule lengths (Sophia-G at T steps against AdamW at 2T, each
+with warmup and cosine decay over its own length), so the protocol is, with T = 600 iterations of
+64 x 512 tokens (19.7M tokens; 2T = 39M stays within one pass over the 50M-token corpus):
+  1. sweep:  AdamW and Sophia-G at T, peak learning rate in LEARNING_RATES;
+  2. final:  at each one's best rate (lowest final val loss): AdamW at T/2 and 2T, Sophia-G at T/2,
+             and a second seed at T for both;
+  3. extra:  Lion (at a quarter of AdamW's best rate, the Lion paper's advice) and Sophia-H at T.
+Every run uses its paper config (config/train_gpt2_small_*.py) for the optimizer's hyperparameters,
+then config/protocol_small.py for the scale, then min_lr = lr / 20 (the paper's schedule).
+
+Each run's metrics.jsonl is copied to results/protocol/<run>/ (committed); checkpoints stay in
+out-protocol/<run>/. A run complete in results/ is skipped; an interrupted one resumes from its
+checkpoint. At the end, scripts/compare.py writes results/protocol_sweep.* and results/protocol_main.*.
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "results", "protocol")
+OUT = os.path.join(ROOT, "out-protocol")
+T = 600
+LEARNING_RATES = (1e-3, 2e-3, 4e-3)
+PAPER_CONFIGS = {"adamw": "adam", "sophiag": "sophia", "lion": "lion", "sophiah": "sophiah"}
+STARTUP_SECONDS = 60  # compilation and evaluations, before the first measured run tells better
+GUESS_SECONDS_PER_ITER = 0.05
+
+
+@dataclass
+class Run:
+    optimizer: str
+    lr: float
+    iters: int
+    seed: int = 1337
+    phase: str = "sweep"
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def name(self):
+        return f"{self.optimizer}-lr{self.lr:g}-{self.iters}it-s{self.seed}"
+
+    def command(self, resume):
+        config = os.path.join("config", f"train_gpt2_small_{PAPER_CONFIGS[self.optimizer]}.py")
+        settings = dict(optimizer_name=self.optimizer, learning_rate=self.lr, min_lr=self.lr / 20,
+                        max_iters=self.iters, lr_decay_iters=self.iters, seed=self.seed,
+                        out_dir=os.path.join(OUT, self.name), wandb_run_name=self.name,
+                        init_from="resume" if resume else "scratch", **self.overrides)
+        return [sys.executable, "train.py", config, "config/protocol_small.py",
+                *(f"--{k}={v}" for k, v in settings.items())]
+
+
+def read_records(name, folder=RESULTS):
+    path = os.path.join(folder, name, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def final_val_loss(run):
+    """The run's val loss at its last iteration, or None while it is not complete."""
+    finals = [r["val/loss"] for r in read_records(run.name) if r.get("iter") == run.iters and "val/loss" in r]
+    return finals[-1] if finals else None
+
+
+def seconds_per_iter(optimizer):
+    """Measured training seconds per iteration of this optimizer in completed runs (or a guess)."""
+    rates = []
+    for run_dir in glob.glob(os.path.join(RESULTS, f"{optimizer}-*")):
+        records = [r for r in read_records(os.path.basename(run_dir)) if "time" in r and r.get("iter")]
+        if records:
+            rates.append(records[-1]["time"] / records[-1]["iter"])
+    return max(rates) if rates else GUESS_SECONDS_PER_ITER
+
+
+def best_lr(optimizer):
+    done = [(final_val_loss(r), r.lr) for r in sweep() if r.optimizer == optimizer and final_val_loss(r)]
+    return min(done)[1] if len(done) == len(LEARNING_RATES) else None
+
+
+def sweep():
+    return [Run(opt, lr, T) for opt in ("adamw", "sophiag") for lr in LEARNING_RATES]
+
+
+def final_runs():
+    """The runs after the sweep, or None while the sweep is not complete."""
+    adamw, sophia = best_lr("adamw"), best_lr("sophiag")
+    if adamw is None or sophia is None:
+        return None
+    return [
+        Run("sophiag", sophia, T // 2, phase="final"),
+        Run("adamw", adamw, T // 2, phase="final"),
+        Run("adamw", adamw, 2 * T, phase="final"),
+        Run("adamw", adamw, T, seed=1338, phase="final"),
+        Run("sophiag", sophia, T, seed=1338, phase="final"),
+        Run("lion", adamw / 4, T, phase="extra"),
+        Run("sophiah", sophia, T, phase="extra"),
+    ]
+
+
+def execute(run, deadline):
+    """Train one run (resuming if it has a checkpoint); SIGTERM at the deadline makes it save and stop.
+    Its metrics are copied to results/ either way, so a cut-off run leaves its log."""
+    resume = os.path.exists(os.path.join(OUT, run.name, "ckpt.pt"))
+    print(f"== {run.name} ({run.phase}{', resuming' if resume else ''})", flush=True)
+    proc = subprocess.Popen(run.command(resume), cwd=ROOT)
+    try:
+        proc.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        print(f"== {run.name}: out of time, stopping it (it saves a checkpoint)", flush=True)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    metrics = os.path.join(OUT, run.name, "metrics.jsonl")
+    if os.path.exists(metrics):
+        os.makedirs(os.path.join(RESULTS, run.name), exist_ok=True)
+        shutil.copy(metrics, os.path.join(RESULTS, run.name, "metrics.jsonl"))
+    if proc.returncode:
+        sys.exit(f"error: {run.name} failed (exit code {proc.returncode}); see its output above")
+
+
+def compare():
+    def run_dirs(runs):
+        return [os.path.join(RESULTS, r.name) for r in runs if final_val_loss(r) is not None]
+
+    finals = final_runs() or []
+    main_runs = [r for r in sweep() if r.lr == best_lr(r.optimizer)] + finals
+    for name, runs, group_by in (("protocol_sweep", sweep(), "optimizer_name,learning_rate"),
+                                 ("protocol_main", main_runs, "optimizer_name,max_iters")):
+        dirs = run_dirs(runs)
+        if len({os.path.basename(d).split("-")[0] for d in dirs}) < 2:
+            continue
+        subprocess.run([sys.executable, "scripts/compare.py", *dirs, "--out", os.path.join("results", name),
+                        "--group_by", group_by], cwd=ROOT, check=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=float("inf"), help="seconds this invocation may run")
+    parser.add_argument("--plan", action="store_true", help="print the plan and what is done, run nothing")
+    args = parser.parse_args()
+    deadline = time.time() + args.budget
+
+    while True:
+        planned = sweep() + (final_runs() or [])
+        todo = [r for r in planned if final_val_loss(r) is None]
+        if args.plan:
+            for r in planned:
+                loss = final_val_loss(r)
+                print(f"{r.phase:6} {r.name:36} {'val %.4f' % loss if loss else 'to do'}")
+            print("" if final_runs() else "(the final and extra runs are planned once the sweep is complete)")
+            return
+        if not todo:
+            break
+        run = todo[0]
+        estimate = STARTUP_SECONDS + run.iters * seconds_per_iter(run.optimizer)
+        if time.time() + estimate > deadline:
+            print(f"== stopping: {run.name} needs ~{estimate:.0f} s, {deadline - time.time():.0f} s left; "
+                  f"{len(todo)} run(s) to do", flush=True)
+            break
+        execute(run, deadline)
+    compare()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+import importlib.util
+import json
+import lzma
+import os
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+from datasets import Dataset
+
+from data.prepare import load_documents, read_documents, split_train_val, tokenize_and_write
+from data.tokens import DatasetError, check_tokens, open_split, read_meta, write_meta, write_tokens
+from tokenizer import EOT, N_VOCAB, gpt2_encoding
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ["Hello world", "A second document.\n\nWith two paragraphs.", "", "ünïcödé 中文 😀", "  spaces  "]
+
+
+def expected_tokens(docs: list[str]) -> np.ndarray:
+    enc = gpt2_encoding()
+    return np.array([t for doc in docs for t in enc.encode_ordinary(doc) + [EOT]], dtype=np.uint16)
+
+
+def read_bin(path) -> np.ndarray:
+    return np.fromfile(path, dtype="<u2")
+
+
+def run_script(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, check=True)
+
+
+@pytest.fixture
+def dataset_dir(tmp_path):
+    """A small valid dataset folder made by tokenize_and_write."""
+    splits = {"train": Dataset.from_dict({"text": DOCS}), "val": Dataset.from_dict({"text": DOCS[:2]})}
+    tokenize_and_write(splits, str(tmp_path / "tiny"), num_proc=1, source="test")
+    return str(tmp_path / "tiny")
+
+
+# tokenize_and_write
+
+
+def test_tokenize_and_write(tmp_path):
+    splits = {"train": Dataset.from_dict({"text": DOCS}), "val": Dataset.from_dict({"text": DOCS[1:3]})}
+    meta = tokenize_and_write(splits, str(tmp_path), num_proc=1, source="unit test")
+    for name, ds in splits.items():
+        tokens = read_bin(tmp_path / f"{name}.bin")
+        np.testing.assert_array_equal(tokens, expected_tokens(ds["text"]))
+        assert meta["tokens"][name] == tokens.size
+        assert meta["documents"][name] == len(ds) == np.count_nonzero(tokens == EOT)
+    assert read_meta(str(tmp_path)) == meta
+    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == N_VOCAB and meta["dtype"] == "uint16"
+    assert meta["eot"] == EOT and meta["source"] == "unit test"
+    assert sorted(os.listdir(tmp_path)) == ["meta.json", "train.bin", "val.bin"]  # no .tmp left
+    with pytest.raises(ValueError, match="split 'val' has no documents"):
+        tokenize_and_write({"val": splits["val"].select([])}, str(tmp_path))
+
+
+def test_tokenize_and_write_two_processes_keeps_document_order(tmp_path):
+    docs = [f"Document number {i}: " + "word " * (i % 7) + "😀" * (i % 3) for i in range(300)]
+    splits = split_train_val(Dataset.from_dict({"text": docs}), test_size=0.1)
+    meta = tokenize_and_write(splits, str(tmp_path), num_proc=2)
+    for name, ds in splits.items():
+        np.testing.assert_array_equal(read_bin(tmp_path / f"{name}.bin"), expected_tokens(ds["text"]))
+    assert meta["documents"] == {"train": 270, "val": 30}
+
+
+def test_split_train_val_matches_nanogpt_and_keeps_a_val_document():
+    docs = Dataset.from_dict({"text": [f"doc {i}" for i in range(100)]})
+    splits = split_train_val(docs)
+    reference = docs.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+    assert splits["val"]["text"] == reference["test"]["text"] and len(splits["val"]) == 1
+    assert splits["train"]["text"] == reference["train"]["text"]
+    assert len(split_train_val(Dataset.from_dict({"text": ["a", "b"]}))["val"]) == 1
+    with pytest.raises(ValueError, match="at least 2 documents"):
+        split_train_val(Dataset.from_dict({"text": ["only one"]}))
+
+
+# reading local files
+
+
+def test_read_txt_files(tmp_path):
+    text = "Title\nFirst paragraph.\n\n  \nSecond doc.\r\n\r\nThird\n  indented\n\n\n"
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    with lzma.open(tmp_path / "a.txt.xz", "wt", encoding="utf-8") as f:
+        f.write(text)
+    whole = [text.replace("\r\n", "\n").strip()]  # text mode normalises line endings
+    split = ["Title\nFirst paragraph.", "Second doc.", "Third\n  indented"]
+    for name in ["a.txt", "a.txt.xz"]:
+        assert read_documents(str(tmp_path / name)) == whole
+        assert read_documents(str(tmp_path / name), split_blank_lines=True) == split
+
+
+def test_read_jsonl_files(tmp_path):
+    rows = [{"text": "one", "id": 1}, {"text": "two\n\nlines", "id": 2}, {"body": "three", "text": ""}]
+    lines = "".join(json.dumps(row) + "\n" for row in rows) + "\n"  # a trailing blank line is ignored
+    (tmp_path / "a.jsonl").write_text(lines, encoding="utf-8")
+    with lzma.open(tmp_path / "a.jsonl.xz", "wt", encoding="utf-8") as f:
+        f.write(lines)
+    for name in ["a.jsonl", "a.jsonl.xz"]:
+        assert read_documents(str(tmp_path / name)) == ["one", "two\n\nlines", ""]
+    with pytest.raises(ValueError, match=r"a.jsonl:1 has no 'body' field"):
+        read_documents(str(tmp_path / "a.jsonl"), text_field="body")
+
+
+def test_load_documents_keeps_file_order(tmp_path):
+    (tmp_path / "b.txt").write_text("B", encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text('{"text": "A1"}\n{"text": "A2"}\n', encoding="utf-8")
+    docs = load_documents([str(tmp_path / "b.txt"), str(tmp_path / "a.jsonl")])
+    assert docs["text"] == ["B", "A1", "A2"]
+    with pytest.raises(ValueError, match="unsupported input"):
+        load_documents([str(tmp_path / "notes.md")])
+
+
+def test_cli_end_to_end(tmp_path):
+    docs = [f"Line {i} of a tiny corpus, with ünïcode." for i in range(20)]
+    (tmp_path / "tiny.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    out = tmp_path / "data" / "tiny"
+    result = run_script("data/prepare.py", "--input", str(tmp_path / "tiny.jsonl"), "--out", str(out),
+                        "--test_size", "0.1", "--num_proc", "2")
+    assert "train.bin: " in result.stdout and "val.bin: " in result.stdout
+    meta = read_meta(str(out))
+    assert meta["documents"] == {"train": 18, "val": 2}
+    decoded = [gpt2_encoding().decode(open_split(str(out), split).tolist()) for split in ("train", "val")]
+    got = [doc for text in decoded for doc in text.split("<|endoftext|>")[:-1]]
+    assert sorted(got) == sorted(docs)
+
+
+# data/tokens.py: errors
+
+
+def test_open_split_reads_tokens(dataset_dir):
+    tokens = open_split(dataset_dir, "train", vocab_size=50304)
+    assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16
+    np.testing.assert_array_equal(tokens, expected_tokens(DOCS))
+
+
+def test_open_split_missing_file_names_the_command(tmp_path, monkeypatch):
+    with pytest.raises(DatasetError, match=r"nope/train.bin not found.*`python data/prepare.py --input"):
+        open_split(str(tmp_path / "nope"), "train")
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(DatasetError, match=r"`python data/enwiki_sample/prepare.py`"):
+        open_split("data/enwiki_sample", "no_such_split")
+
+
+def test_open_split_rejects_bad_files(dataset_dir):
+    path = os.path.join(dataset_dir, "train.bin")
+    open(path, "wb").close()
+    with pytest.raises(DatasetError, match="train.bin is empty"):
+        open_split(dataset_dir, "train")
+    with open(path, "wb") as f:
+        f.write(b"\x01\x02\x03")
+    with pytest.raises(DatasetError, match=r"odd size \(3 bytes\)"):
+        open_split(dataset_dir, "train")
+    with open(path, "wb") as f:
+        f.write(b"\x01\x02\x03\x04")
+    with pytest.raises(DatasetError, match="holds 2 tokens but .*meta.json says"):
+        open_split(dataset_dir, "train")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dtype": "uint32"}, "has dtype 'uint32'"),
+    ({"tokenizer": "char"}, "has tokenizer 'char'"),
+    ({"vocab_size": 60000}, r"needs vocab_size >= 60000"),
+])
+def test_open_split_checks_meta(dataset_dir, change, message):
+    write_meta(dataset_dir, {**read_meta(dataset_dir), **change})
+    with pytest.raises(DatasetError, match=message + ".*make it with `python data/prepare.py"):
+        open_split(dataset_dir, "val", vocab_size=50304)
+
+
+def test_open_split_without_meta(dataset_dir):
+    os.remove(os.path.join(dataset_dir, "meta.json"))
+    assert open_split(dataset_dir, "val").size == expected_tokens(DOCS[:2]).size
+
+
+def test_check_tokens(dataset_dir):
+    tokens = open_split(dataset_dir, "train")
+    check_tokens(tokens, N_VOCAB, "train.bin")
+    check_tokens(tokens[:0], 1, "train.bin")
+    bad = np.array([1, 2, 50257], dtype=np.uint16)
+    where = os.path.join(dataset_dir, "train.bin")
+    with pytest.raises(DatasetError, match=r"train.bin has token id 50257 >= vocab_size 50257; make it with `python"):
+        check_tokens(bad, N_VOCAB, where)
+
+
+# data/tokens.py: atomic writes
+
+
+def test_write_tokens_array_and_batches(tmp_path):
+    path = str(tmp_path / "x.bin")
+    assert write_tokens(path, np.array([1, 2, 65535])) == 3
+    np.testing.assert_array_equal(read_bin(path), [1, 2, 65535])
+    batches = [np.arange(i * 10, i * 10 + 10, dtype=np.uint16)[::-1] for i in range(5)]  # non-contiguous views
+    assert write_tokens(path, iter(batches)) == 50
+    np.testing.assert_array_equal(read_bin(path), np.concatenate(batches))
+    with pytest.raises(ValueError, match="must be in"):
+        write_tokens(path, np.array([1, 65536]))
+
+
+def test_interrupted_write_leaves_no_bin_and_keeps_old_one(tmp_path):
+    def batches_then_crash():
+        yield np.arange(100, dtype=np.uint16)
+        raise KeyboardInterrupt
+
+    path = str(tmp_path / "train.bin")
+    with pytest.raises(KeyboardInterrupt):
+        write_tokens(path, batches_then_crash())
+    assert os.listdir(tmp_path) == []
+
+    write_tokens(path, np.array([7, 8, 9], dtype=np.uint16))
+    with pytest.raises(KeyboardInterrupt):
+        write_tokens(path, batches_then_crash())
+    assert os.listdir(tmp_path) == ["train.bin"]
+    np.testing.assert_array_equal(read_bin(path), [7, 8, 9])
+
+
+# prepare scripts
+
+
+def test_enwiki_sample_prepare(tmp_path):
+    result = run_script("data/enwiki_sample/prepare.py", "--out", str(tmp_path))
+    assert "tokens" in result.stdout
+    meta = read_meta(str(tmp_path))
+    train, val = (open_split(str(tmp_path), split, vocab_size=N_VOCAB) for split in ("train", "val"))
+    assert meta["tokens"] == {"train": train.size, "val": val.size}
+    assert train.size > val.size > 0
+    assert 1_050_000 < train.size + val.size < 1_150_000
+    assert meta["documents"] == {"train": 303, "val": 34}
+    assert np.count_nonzero(val == EOT) == 34
+    assert gpt2_encoding().decode(val[:4].tolist()) == "Anarchism\n"  # article 0 is val
+
+
+def load_script(relative_path: str):
+    spec = importlib.util.spec_from_file_location("script_under_test", os.path.join(REPO_ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_openwebtext_loader_reads_parquet_shards_in_order(tmp_path, monkeypatch):
+    owt = load_script("data/openwebtext/prepare.py")
+    for shard in range(3):
+        rows = [f"shard {shard} row {i}" for i in range(4)]
+        Dataset.from_dict({"text": rows}).to_parquet(str(tmp_path / f"train-{shard:05d}-of-00003.parquet"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(owt, "OPENWEBTEXT_PARQUET", str(tmp_path / "train-*.parquet"))
+    monkeypatch.setattr(owt, "OPENWEBTEXT_DOCUMENTS", 12)
+    docs = owt.load_openwebtext(num_proc=1)
+    assert docs["text"] == [f"shard {s} row {i}" for s in range(3) for i in range(4)]
+    monkeypatch.setattr(owt, "OPENWEBTEXT_DOCUMENTS", 8_013_769)
+    with pytest.raises(SystemExit, match="has 12 documents, expected 8,013,769"):
+        owt.load_openwebtext(num_proc=1)
+
+
+def test_openwebtext_prepare_with_local_input(tmp_path):
+    docs = [f"Web page {i}." for i in range(10)]
+    (tmp_path / "owt.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    run_script("data/openwebtext/prepare.py", "--input", str(tmp_path / "owt.jsonl"), "--out", str(tmp_path / "owt"),
+               "--num_proc", "1")
+    meta = read_meta(str(tmp_path / "owt"))
+    assert meta["documents"] == {"train": 9, "val": 1}  # ceil(0.0005 * 10) = 1
+    assert "seed=2357" in meta["source"]

@@ -1,0 +1,525 @@
+"""
+Train a GPT-2 model with AdamW, Lion, Sophia-G or Sophia-H: one training loop for every optimizer.
+
+    python train.py config/train_cpu_demo.py                    # CPU, a few minutes
+    python train.py config/train_gpt2_small_sophia.py           # one GPU
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_small_sophia.py
+
+Configuration: configurator.py (every key, its default and meaning). Sophia's Hessian refresh is one
+more step of the same loop, taken every `hess_interval` iterations, after that iteration's update, as in
+the official code: Sophia-G backpropagates the mean cross-entropy against labels sampled from the model
+(Gauss-Newton-Bartlett), Sophia-H a Hessian-vector product with a random sign vector (Hutchinson).
+"""
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from configurator import ConfigError, load_config
+from data.tokens import DatasetError, check_tokens, open_split
+from metrics import MetricsLog
+from model import GPT, GPTConfig
+from sophia import Lion, SophiaG, SophiaH, hessian_vector_product, rademacher_like, sampled_cross_entropy
+
+
+# ----------------------------------------------------------------------------- processes and devices
+
+@dataclass
+class Dist:
+    """This process's place in the run: rank, world size, device, and a gloo group for small
+    host-side agreements (whether to stop) that must not wait on the GPU."""
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    control_group: object = None
+
+    @property
+    def is_master(self):
+        return self.rank == 0
+
+
+def init_distributed(cfg):
+    """A Dist for this process, and the config with device, backend and compile resolved."""
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cuda else "gloo")
+    cfg = dataclasses.replace(cfg, device=device, backend=backend,
+                              compile=cuda if cfg.compile is None else cfg.compile)
+    if "RANK" not in os.environ:  # a single process
+        return cfg, Dist(device=device)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if cuda:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    torch_dist.init_process_group(backend=backend)
+    control = torch_dist.new_group(backend="gloo") if backend != "gloo" else None
+    return cfg, Dist(rank, world_size, device, control)
+
+
+def accumulation_steps(global_seqs, batch_size, world_size, key="total_bs"):
+    """Micro-steps per process that make a global batch of `global_seqs` sequences."""
+    per_step = batch_size * world_size
+    if global_seqs % per_step:
+        raise ConfigError(f"{key}={global_seqs} is not a multiple of batch_size * processes = "
+                          f"{batch_size} * {world_size}; change batch_size or {key}")
+    return global_seqs // per_step
+
+
+def seeded(seed, device="cpu"):
+    return torch.Generator(device).manual_seed(seed)
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- data
+
+class Batches:
+    """Windows of `block_size + 1` tokens from a token file.
+
+    Training batches walk through the file's disjoint windows in a shuffled order, one epoch after
+    another (a permutation seeded by (seed, epoch)), so no window repeats before the whole file has been
+    seen; `position` counts the windows used, and is all a checkpoint needs to continue exactly. Each
+    global batch is the next `global_seqs` windows and each rank takes its slice, so the data does not
+    depend on the number of processes. Evaluation uses random windows from a generator it passes in.
+    """
+
+    def __init__(self, data_dir, split, cfg, dist, vocab_size):
+        self.path, self.vocab_size = os.path.join(data_dir, f"{split}.bin"), vocab_size
+        self.n_tokens = len(open_split(data_dir, split, vocab_size))  # checks the file once
+        if self.n_tokens <= cfg.block_size:
+            raise DatasetError(f"{self.path} has {self.n_tokens} tokens, fewer than block_size + 1 = "
+                               f"{cfg.block_size + 1}")
+        self.block_size, self.batch_size, self.dist, self.seed = cfg.block_size, cfg.batch_size, dist, cfg.seed
+        self.n_windows = (self.n_tokens - 1) // self.block_size
+        self.position = 0
+        self._order = (None, None)  # (epoch, permutation)
+
+    def epoch_order(self, epoch):
+        """The shuffled order of the windows in an epoch (cached: one epoch at a time is in use)."""
+        if self._order[0] != epoch:
+            self._order = (epoch, torch.randperm(self.n_windows, generator=seeded(hash((self.seed, epoch)))))
+        return self._order[1]
+
+    def window_starts(self, n):
+        """Start offsets of the next n training windows."""
+        starts = []
+        while len(starts) < n:
+            epoch, i = divmod(self.position, self.n_windows)
+            take = min(n - len(starts), self.n_windows - i)
+            starts += (self.epoch_order(epoch)[i:i + take] * self.block_size).tolist()
+            self.position += take
+        return starts
+
+    def random_starts(self, n, generator):
+        return torch.randint(self.n_tokens - self.block_size, (n,), generator=generator).tolist()
+
+    def windows(self, starts):
+        """Inputs and targets (each (len(starts), block_size)) on this process's device."""
+        data = np.memmap(self.path, dtype=np.uint16, mode="r")  # a fresh memmap per batch: no memory leak (nanoGPT)
+        tokens = np.stack([data[s:s + self.block_size + 1] for s in starts])
+        check_tokens(tokens, self.vocab_size, self.path)
+        tokens = torch.from_numpy(tokens.astype(np.int64))
+        if torch.device(self.dist.device).type == "cuda":
+            tokens = tokens.pin_memory().to(self.dist.device, non_blocking=True)  # async copy
+        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+    def next_batch(self, global_seqs):
+        """This rank's micro-batches [(X, Y), ...] of the next global batch of `global_seqs` sequences."""
+        per_rank = global_seqs // self.dist.world_size
+        mine = self.window_starts(global_seqs)[self.dist.rank * per_rank:(self.dist.rank + 1) * per_rank]
+        X, Y = self.windows(mine)
+        return list(zip(X.split(self.batch_size), Y.split(self.batch_size)))
+
+
+# ----------------------------------------------------------------------------- optimization
+
+def get_lr(it, cfg):
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters, as the official code."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * it / cfg.warmup_iters
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    decay_ratio = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def build_optimizer(cfg, model, cuda):
+    groups = model.optim_groups(cfg.weight_decay)
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+    if cfg.optimizer_name == "adamw":
+        return torch.optim.AdamW(groups, fused=cuda, **kwargs)
+    if cfg.optimizer_name == "lion":
+        return Lion(groups, **kwargs)
+    return {"sophiag": SophiaG, "sophiah": SophiaH}[cfg.optimizer_name](groups, rho=cfg.rho, **kwargs)
+
+
+def data_loss(model, X, Y):
+    return model(X, Y)[1]
+
+
+def gnb_loss(model, X, generator):
+    """Sophia-G's refresh loss: cross-entropy against labels sampled from the model's own softmax."""
+    return sampled_cross_entropy(model(X)[0], generator)
+
+
+def accumulate_gradients(model, micro_batches, loss_fn, ctx):
+    """Backpropagate the mean of `loss_fn(model, X, Y)` over the micro-batches [(X, Y), ...], so p.grad
+    holds the gradient of the global batch's mean loss; DDP synchronises gradients on the last
+    micro-step only. Returns the mean loss as a device tensor (no host sync)."""
+    n = len(micro_batches)
+    total = 0.0
+    for i, (X, Y) in enumerate(micro_batches):
+        sync = model.no_sync() if isinstance(model, DDP) and i < n - 1 else nullcontext()
+        with sync:
+            with ctx:
+                loss = loss_fn(model, X, Y)
+            (loss / n).backward()
+        total += loss.detach()
+    return total / n
+
+
+# ----------------------------------------------------------------------------- the run
+
+class Trainer:
+    """One run's state (model, optimizer, data, counters) and its steps. `train_iteration()` is the whole
+    training step, Hessian refresh included; main() and bench.py both call it."""
+
+    def __init__(self, cfg, dist):
+        self.cfg, self.dist = cfg, dist
+        self.device_type = torch.device(dist.device).type
+        torch.manual_seed(cfg.seed + dist.rank)  # dropout differs across ranks; data does not (see Batches)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
+        self.ctx = torch.autocast(self.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+        self.accum = accumulation_steps(cfg.total_bs, cfg.batch_size, dist.world_size)
+        self.hess_total_bs = cfg.hess_total_bs or cfg.total_bs
+        accumulation_steps(self.hess_total_bs, cfg.batch_size, dist.world_size, key="hess_total_bs")
+        self.tokens_per_iter = cfg.total_bs * cfg.block_size
+
+        self.model = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                   n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
+                                   scale_attn_by_inverse_layer_idx=cfg.scale_attn_by_inverse_layer_idx))
+        self.model.to(dist.device)
+        data_dir = os.path.join("data", cfg.dataset)
+        vocab = self.model.config.vocab_size
+        self.train_data = Batches(data_dir, "train", cfg, dist, vocab)
+        self.val_data = Batches(data_dir, "val", cfg, dist, vocab)
+
+        self.optimizer = build_optimizer(cfg, self.model, cuda=self.device_type == "cuda")
+        self.refresh = {"sophiag": self.refresh_gnb, "sophiah": self.refresh_hutchinson}.get(cfg.optimizer_name)
+        # Sophia's step needs the number of tokens behind its Hessian estimate (Hutchinson: 1, see sophia.py)
+        self.step_kwargs = {"sophiag": {"bs": self.hess_total_bs * cfg.block_size},
+                            "sophiah": {"bs": 1}}.get(cfg.optimizer_name, {})
+
+        self.iter_num, self.best_val_loss, self.train_time = 0, float("inf"), 0.0
+        self.clip_count = torch.zeros((), device=dist.device)
+        self.wandb_run_id = None
+        if cfg.init_from == "resume":
+            self.load_state(load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")))
+
+        self.compiled = torch.compile(self.model) if cfg.compile else self.model
+        self.ddp_model = self.compiled
+        if dist.world_size > 1:
+            self.ddp_model = DDP(self.compiled, device_ids=[dist.device] if self.device_type == "cuda" else None)
+
+    # --- the training step
+
+    def set_lr(self):
+        lr = get_lr(self.iter_num, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def clip_gradients(self):
+        if self.cfg.grad_clip:
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+
+    def train_iteration(self):
+        """One optimizer step on the next global batch, then the Hessian refresh when it is due.
+        Returns the batch's mean loss as a device tensor."""
+        self.set_lr()
+        loss = accumulate_gradients(self.ddp_model, self.train_data.next_batch(self.cfg.total_bs),
+                                    data_loss, self.ctx)
+        grad_norm = self.clip_gradients()
+        if grad_norm is not None:
+            self.clip_count += grad_norm > self.cfg.grad_clip
+        self.optimizer.step(**self.step_kwargs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iter_num += 1
+        if self.refresh and self.iter_num % self.cfg.hess_interval == 0:
+            self.refresh()
+        return loss
+
+    def refresh_gnb(self):
+        """Sophia-G: the gradient g_hat of the mean loss against sampled labels over a fresh batch of
+        hess_total_bs sequences (averaged over ranks by DDP), clipped like a gradient, folded in as
+        g_hat^2; the step's bs = the tokens in that batch. As the official code.
+
+        Each micro-batch samples its labels from a generator seeded by (seed, iteration, its index in
+        the global batch), so the estimate does not depend on the number of processes, and resumes exactly."""
+        micro_batches = self.train_data.next_batch(self.hess_total_bs)
+        first = self.dist.rank * len(micro_batches)
+        label_rngs = [seeded(hash((self.cfg.seed, self.iter_num, first + i)), self.dist.device)
+                      for i in range(len(micro_batches))]
+        accumulate_gradients(self.ddp_model, [(X, rng) for (X, _), rng in zip(micro_batches, label_rngs)],
+                             gnb_loss, self.ctx)
+        self.clip_gradients()
+        self.optimizer.update_hessian()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def refresh_hutchinson(self):
+        """Sophia-H: u * (H u) for the Hessian of the mean loss over a fresh batch, with one Rademacher
+        u (seeded by (seed, iteration), so the same on every rank); H u is accumulated over micro-batches
+        and averaged over ranks. Runs on the plain model with explicit attention: double backward needs
+        neither compile nor DDP nor SDPA."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        probe = rademacher_like(params, seeded(hash((self.cfg.seed, self.iter_num)), self.dist.device))
+        micro_batches = self.train_data.next_batch(self.hess_total_bs)
+        with self.model.explicit_attention():
+            for X, Y in micro_batches:
+                with self.ctx:
+                    loss = data_loss(self.model, X, Y) / len(micro_batches)
+                for p, hv in zip(params, hessian_vector_product(loss, params, probe)):
+                    p.grad = hv if p.grad is None else p.grad.add_(hv)
+        grads = [p.grad for p in params]
+        if self.dist.world_size > 1:  # average over ranks (SUM, then divide: gloo has no AVG)
+            for g in grads:
+                torch_dist.all_reduce(g)
+            torch._foreach_div_(grads, self.dist.world_size)
+        torch._foreach_mul_(grads, probe)
+        self.optimizer.update_hessian()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # --- evaluation
+
+    @torch.no_grad()
+    def evaluate(self):
+        """Mean loss over eval_iters batches of each split. The batches are the same at every evaluation
+        (a generator seeded alike each time) and are shared out among ranks; the mean is all-reduced."""
+        model = self.compiled
+        model.eval()
+        losses = {}
+        for split, data in (("train", self.train_data), ("val", self.val_data)):
+            starts = data.random_starts(self.cfg.eval_iters * self.cfg.batch_size, seeded(self.cfg.seed + 1))
+            total = torch.zeros((), device=self.dist.device)
+            for k in range(self.dist.rank, self.cfg.eval_iters, self.dist.world_size):
+                batch = starts[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
+                with self.ctx:
+                    total += data_loss(model, *data.windows(batch)).float()
+            if self.dist.world_size > 1:
+                torch_dist.all_reduce(total)
+            losses[split] = total.item() / self.cfg.eval_iters
+        model.train()
+        return losses
+
+    # --- checkpoints
+
+    def state_dict(self):
+        """Everything needed to continue exactly (a collective under DDP: every rank must call it)."""
+        rng = [rng_state(self.dist.device)]
+        if self.dist.world_size > 1:
+            rng = [None] * self.dist.world_size
+            torch_dist.all_gather_object(rng, rng_state(self.dist.device))
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "model_args": dataclasses.asdict(self.model.config),
+            "config": dataclasses.asdict(self.cfg),
+            "iter_num": self.iter_num,
+            "best_val_loss": self.best_val_loss,
+            "train_time": self.train_time,
+            "clip_count": self.clip_count.item(),
+            "rng": rng,
+            "data_position": self.train_data.position,
+            "wandb_run_id": self.wandb_run_id,
+        }
+
+    def load_state(self, ckpt):
+        """Continue from a checkpoint; a different model shape or optimizer is a one-line error."""
+        try:
+            ours = dataclasses.asdict(self.model.config)
+            for key, value in ckpt["model_args"].items():
+                if ours.get(key) != value:
+                    raise CheckpointError(f"the checkpoint's model has {key}={value!r}, the config {ours.get(key)!r}; "
+                                          f"use the checkpoint's settings or another out_dir")
+            theirs = ckpt["config"]["optimizer_name"]
+            if theirs != self.cfg.optimizer_name:
+                raise CheckpointError(f"the checkpoint was trained with optimizer_name={theirs!r}, the config "
+                                      f"asks for {self.cfg.optimizer_name!r}")
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+            self.train_time, self.wandb_run_id = ckpt["train_time"], ckpt["wandb_run_id"]
+            self.clip_count.fill_(ckpt["clip_count"])
+            self.train_data.position = ckpt["data_position"]
+            if len(ckpt["rng"]) == self.dist.world_size:  # else a new number of processes: fresh streams
+                set_rng_state(ckpt["rng"][self.dist.rank], self.dist.device)
+        except (KeyError, RuntimeError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            reason = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"checkpoint in {self.cfg.out_dir} does not fit this run: {reason}") from None
+
+    def save(self, path=None):
+        state = self.state_dict()
+        if self.dist.is_master:
+            save_checkpoint(state, path or os.path.join(self.cfg.out_dir, "ckpt.pt"))
+
+    # --- logging
+
+    def global_mean(self, value):
+        """The mean of a device scalar over ranks, as a float (a host sync)."""
+        if self.dist.world_size > 1:
+            value = value.clone()
+            torch_dist.all_reduce(value)
+            value /= self.dist.world_size
+        return value.item()
+
+    def log_record(self, loss, n_iters, dt):
+        """The record logged every log_interval iterations (one host sync, here)."""
+        tokens_per_s = self.tokens_per_iter * n_iters / dt
+        record = {
+            "iter": self.iter_num,
+            "tokens": self.iter_num * self.tokens_per_iter,
+            "time": self.train_time,
+            "train/loss": loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "mfu": self.model.estimate_mfu(self.tokens_per_iter / self.dist.world_size * n_iters, dt,
+                                           self.cfg.peak_flops),
+            "ms_per_iter": 1000 * dt / n_iters,
+            "tokens_per_s": tokens_per_s,
+            "train/clip_rate": self.clip_count.item() / self.iter_num,
+        }
+        if hasattr(self.optimizer, "diagnostics"):
+            diagnostics = self.optimizer.diagnostics(**self.step_kwargs)
+            record.update({k: v.item() for k, v in diagnostics.items()})
+        return record
+
+
+class StopRequest:
+    """SIGTERM or SIGINT asks the run to stop: it saves a checkpoint at the end of the current iteration
+    and exits 0 (clusters send SIGTERM before pre-emption). A second signal ends the process at once."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signum, signal.SIG_DFL)
+
+    def agreed(self, dist):
+        """True on every rank once any rank was signalled (all ranks must stop at the same iteration)."""
+        if dist.world_size == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)])
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX, group=dist.control_group)
+        return bool(flag.item())
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main(argv=None):
+    try:
+        cfg = load_config(sys.argv[1:] if argv is None else argv)
+        cfg, dist = init_distributed(cfg)
+        if dist.is_master:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        trainer = Trainer(cfg, dist)
+    except (ConfigError, DatasetError, CheckpointError) as e:
+        fail(e)
+    stop = StopRequest()
+    log = None
+    if dist.is_master:
+        print("config:", dataclasses.asdict(cfg))
+        print(f"model: {trainer.model.num_params() / 1e6:.2f}M parameters; {trainer.accum} micro-steps of "
+              f"{cfg.batch_size} x {cfg.block_size} tokens on each of {dist.world_size} process(es); "
+              f"{trainer.tokens_per_iter:,} tokens per iteration")
+        log = MetricsLog(cfg, resume_iter=trainer.iter_num if cfg.init_from == "resume" else None,
+                         wandb_run_id=trainer.wandb_run_id)
+        trainer.wandb_run_id = log.wandb_run_id
+
+    def check_finite(value, what):
+        if not math.isfinite(value):
+            fail(f"{what} is {value} at iteration {trainer.iter_num}; stopping without saving. The last good "
+                 f"checkpoint is {os.path.join(cfg.out_dir, 'ckpt.pt')} (if any): resume from it with a "
+                 f"lower learning_rate or stronger grad_clip")
+
+    loss_sum, iters_since_log, time_at_log = 0.0, 0, trainer.train_time
+    clock = time.perf_counter()
+    saved_at = trainer.iter_num if cfg.init_from == "resume" else None
+    while True:
+        it = trainer.iter_num
+        if it % cfg.eval_interval == 0 or it == cfg.max_iters or cfg.eval_only:
+            synchronize(dist.device)
+            trainer.train_time += time.perf_counter() - clock
+            losses = trainer.evaluate()
+            check_finite(losses["val"], "the validation loss")
+            if log:
+                print(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                log.write({"iter": it, "tokens": it * trainer.tokens_per_iter, "time": trainer.train_time,
+                           "val/loss": losses["val"], "eval/train_loss": losses["train"]})
+            improved = losses["val"] < trainer.best_val_loss
+            trainer.best_val_loss = min(trainer.best_val_loss, losses["val"])
+            if it > 0 and saved_at != it and (improved or cfg.always_save_checkpoint) and not cfg.eval_only:
+                trainer.save()
+                saved_at = it
+            clock = time.perf_counter()
+        if it >= cfg.max_iters or cfg.eval_only:
+            break
+
+        loss_sum += trainer.train_iteration()
+        iters_since_log += 1
+        if trainer.iter_num % cfg.log_interval == 0:
+            loss = trainer.global_mean(loss_sum / iters_since_log)  # the loop's only regular host sync
+            check_finite(loss, "the training loss")
+            trainer.train_time += time.perf_counter() - clock
+            clock = time.perf_counter()
+            record = trainer.log_record(loss, iters_since_log, trainer.train_time - time_at_log)
+            if log:
+                log.write(record)
+                print(f"iter {record['iter']}: loss {loss:.4f}, lr {record['lr']:.2e}, "
+                      f"{record['ms_per_iter']:.1f} ms/iter, {record['tokens_per_s']:,.0f} tokens/s, "
+                      f"mfu {100 * record['mfu']:.1f}%")
+            loss_sum, iters_since_log, time_at_log = 0.0, 0, trainer.train_time
+        if stop.agreed(dist):
+            check_finite(float(loss_sum / max(iters_since_log, 1)), "the training loss")
+            if log:
+                print(f"stop requested: saving a checkpoint at iteration {trainer.iter_num} and exiting")
+            break
+
+    if saved_at != trainer.iter_num and not cfg.eval_only:
+        synchronize(dist.device)
+        trainer.train_time += time.perf_counter() - clock
+        trainer.save()
+    if log:
+        log.close()
+    if dist.world_size > 1:
+        torch_dist.barrier()  # let rank 0 finish writing before any process group goes away
+        torch_dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
