@@ -28,6 +28,7 @@ class Config:
     eval_iters: int = 200  # batches per split in an evaluation
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # else save at an evaluation only when val loss improved
+    checkpoint_interval: int = 0  # save at evaluations only every this many iterations; 0 = at each one
     init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
     # wandb
     wandb_log: bool = False

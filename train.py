@@ -173,9 +173,9 @@ def data_loss(model, X, Y):
     return model(X, Y)[1]
 
 
-def gnb_loss(model, X, generator):
+def sampled_loss(model, X):
     """Sophia-G's refresh loss: cross-entropy against labels sampled from the model's own softmax."""
-    return sampled_cross_entropy(model(X)[0], generator)
+    return sampled_cross_entropy(model(X)[0])
 
 
 def accumulate_gradients(model, micro_batches, loss_fn, ctx):
@@ -236,6 +236,7 @@ class Trainer:
             self.load_state(load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")))
 
         self.compiled = torch.compile(self.model) if cfg.compile else self.model
+        self.sampled_loss = torch.compile(sampled_loss) if cfg.compile else sampled_loss
         self.ddp_model = self.compiled
         if dist.world_size > 1:
             self.ddp_model = DDP(self.compiled, device_ids=[dist.device] if self.device_type == "cuda" else None)
@@ -270,20 +271,35 @@ class Trainer:
 
     def refresh_gnb(self):
         """Sophia-G: the gradient g_hat of the mean loss against sampled labels over a fresh batch of
-        hess_total_bs sequences (averaged over ranks by DDP), clipped like a gradient, folded in as
-        g_hat^2; the step's bs = the tokens in that batch. As the official code.
+        hess_total_bs sequences (averaged over ranks), clipped like a gradient, folded in as g_hat^2;
+        the step's bs = the tokens in that batch. As the official code.
 
-        Each micro-batch samples its labels from a generator seeded by (seed, iteration, its index in
-        the global batch), so the estimate does not depend on the number of processes, and resumes exactly."""
+        Each micro-batch samples its labels with the random state seeded by (seed, iteration, its index
+        in the global batch): the estimate does not depend on the number of processes, and resumes
+        exactly. The model, not DDP's wrapper, runs it; the gradient is averaged over ranks here."""
         micro_batches = self.train_data.next_batch(self.hess_total_bs)
         first = self.dist.rank * len(micro_batches)
-        label_rngs = [seeded(hash((self.cfg.seed, self.iter_num, first + i)), self.dist.device)
-                      for i in range(len(micro_batches))]
-        accumulate_gradients(self.ddp_model, [(X, rng) for (X, _), rng in zip(micro_batches, label_rngs)],
-                             gnb_loss, self.ctx)
+
+        def loss_fn(model, X, index):
+            with torch.random.fork_rng(devices=[self.dist.device] if self.device_type == "cuda" else []):
+                torch.manual_seed(hash((self.cfg.seed, self.iter_num, index)))
+                return self.sampled_loss(model, X)
+
+        accumulate_gradients(self.model, [(X, first + i) for i, (X, _) in enumerate(micro_batches)], loss_fn,
+                             self.ctx)
+        self.average_gradients_over_ranks()
         self.clip_gradients()
         self.optimizer.update_hessian()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def average_gradients_over_ranks(self):
+        """p.grad <- its mean over ranks (for the refreshes, which run outside DDP). SUM then divide:
+        gloo has no AVG."""
+        if self.dist.world_size > 1:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            for g in grads:
+                torch_dist.all_reduce(g)
+            torch._foreach_div_(grads, self.dist.world_size)
 
     def refresh_hutchinson(self):
         """Sophia-H: u * (H u) for the Hessian of the mean loss over a fresh batch, with one Rademacher
@@ -299,12 +315,8 @@ class Trainer:
                     loss = data_loss(self.model, X, Y) / len(micro_batches)
                 for p, hv in zip(params, hessian_vector_product(loss, params, probe)):
                     p.grad = hv if p.grad is None else p.grad.add_(hv)
-        grads = [p.grad for p in params]
-        if self.dist.world_size > 1:  # average over ranks (SUM, then divide: gloo has no AVG)
-            for g in grads:
-                torch_dist.all_reduce(g)
-            torch._foreach_div_(grads, self.dist.world_size)
-        torch._foreach_mul_(grads, probe)
+        self.average_gradients_over_ranks()
+        torch._foreach_mul_([p.grad for p in params], probe)
         self.optimizer.update_hessian()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -483,7 +495,8 @@ def main(argv=None):
                            "val/loss": losses["val"], "eval/train_loss": losses["train"]})
             improved = losses["val"] < trainer.best_val_loss
             trainer.best_val_loss = min(trainer.best_val_loss, losses["val"])
-            if it > 0 and saved_at != it and (improved or cfg.always_save_checkpoint) and not cfg.eval_only:
+            due = cfg.checkpoint_interval == 0 or it % cfg.checkpoint_interval == 0
+            if it > 0 and saved_at != it and due and (improved or cfg.always_save_checkpoint) and not cfg.eval_only:
                 trainer.save()
                 saved_at = it
             clock = time.perf_counter()

@@ -16,7 +16,7 @@ warmup_iters = 50  # fixed for every run length, as the paper's 2k steps
 eval_interval = 50
 eval_iters = 10
 log_interval = 10
-always_save_checkpoint = True
 
 grad_clip = 1.0
 hess_interval = 10
+checkpoint_interval = 100000  # checkpoints only at the end and on SIGTERM: saving costs more than these runs
