@@ -8,7 +8,7 @@ The small-scale protocol: does Sophia-G reach AdamW's loss in about half the ste
 The paper compares runs with their own schedule lengths (Sophia-G at T steps against AdamW at 2T, each
 with warmup and cosine decay over its own length), so the protocol is, with T = 600 iterations of
 64 x 512 tokens (19.7M tokens; 2T = 39M stays within one pass over the 50M-token corpus):
-  1. sweep:  AdamW and Sophia-G at T, peak learning rate in LEARNING_RATES;
+  1. sweep:  AdamW and Sophia-G at T, peak learning rate in LEARNING_RATES (2.5e-4 ... 4e-3);
   2. final:  at each one's best rate (lowest final val loss): AdamW at T/2 and 2T, Sophia-G at T/2,
              and a second seed at T for both;
   3. extra:  Lion (at a quarter of AdamW's best rate, the Lion paper's advice) and Sophia-H at T.
@@ -21,6 +21,7 @@ checkpoint. At the end, scripts/compare.py writes results/protocol_sweep.* and r
 """
 
 import argparse
+import gc
 import glob
 import json
 import os
@@ -28,16 +29,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for train.py
+
+import torch  # noqa: E402
+
+import train  # noqa: E402
 RESULTS = os.path.join(ROOT, "results", "protocol")
 OUT = os.path.join(ROOT, "out-protocol")
 T = 600
-LEARNING_RATES = (1e-3, 2e-3, 4e-3)
+LEARNING_RATES = (2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3)
 PAPER_CONFIGS = {"adamw": "adam", "sophiag": "sophia", "lion": "lion", "sophiah": "sophiah"}
-STARTUP_SECONDS = 60  # compilation and evaluations, before the first measured run tells better
+STARTUP_SECONDS = 20  # start-up and evaluations (compiled graphs are reused by later runs in the process)
 GUESS_SECONDS_PER_ITER = 0.05
 
 
@@ -54,18 +61,18 @@ class Run:
     def name(self):
         return f"{self.optimizer}-lr{self.lr:g}-{self.iters}it-s{self.seed}"
 
-    def command(self, resume):
+    def train_args(self, resume):
+        """train.py's command-line arguments for this run."""
         config = os.path.join("config", f"train_gpt2_small_{PAPER_CONFIGS[self.optimizer]}.py")
         settings = dict(optimizer_name=self.optimizer, learning_rate=self.lr, min_lr=self.lr / 20,
                         max_iters=self.iters, lr_decay_iters=self.iters, seed=self.seed,
                         out_dir=os.path.join(OUT, self.name), wandb_run_name=self.name,
                         init_from="resume" if resume else "scratch", **self.overrides)
-        return [sys.executable, "train.py", config, "config/protocol_small.py",
-                *(f"--{k}={v}" for k, v in settings.items())]
+        return [config, "config/protocol_small.py", *(f"--{k}={v}" for k, v in settings.items())]
 
 
-def read_records(name, folder=RESULTS):
-    path = os.path.join(folder, name, "metrics.jsonl")
+def read_records(name):
+    path = os.path.join(RESULTS, name, "metrics.jsonl")
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -79,12 +86,12 @@ def final_val_loss(run):
 
 
 def seconds_per_iter(optimizer):
-    """Measured training seconds per iteration of this optimizer in completed runs (or a guess)."""
+    """The slowest median seconds per iteration of this optimizer's earlier runs (or a guess)."""
     rates = []
     for run_dir in glob.glob(os.path.join(RESULTS, f"{optimizer}-*")):
-        records = [r for r in read_records(os.path.basename(run_dir)) if "time" in r and r.get("iter")]
-        if records:
-            rates.append(records[-1]["time"] / records[-1]["iter"])
+        ms = sorted(r["ms_per_iter"] for r in read_records(os.path.basename(run_dir)) if "ms_per_iter" in r)
+        if ms:
+            rates.append(ms[len(ms) // 2] / 1000)
     return max(rates) if rates else GUESS_SECONDS_PER_ITER
 
 
@@ -114,46 +121,55 @@ def final_runs():
 
 
 def execute(run, deadline):
-    """Train one run (resuming if it has a checkpoint); SIGTERM at the deadline makes it save and stop.
-    Its metrics are copied to results/ either way, so a cut-off run leaves its log."""
+    """Train one run (resuming if it has a checkpoint) in this process, so that later runs reuse the
+    compiled graphs; a SIGTERM at the deadline makes it save and stop. Its metrics are copied to
+    results/ either way, so a cut-off run leaves its log."""
     resume = os.path.exists(os.path.join(OUT, run.name, "ckpt.pt"))
     print(f"== {run.name} ({run.phase}{', resuming' if resume else ''})", flush=True)
-    proc = subprocess.Popen(run.command(resume), cwd=ROOT)
+    alarm = None
+    if deadline < float("inf"):
+        alarm = threading.Timer(max(1.0, deadline - time.time()), os.kill, (os.getpid(), signal.SIGTERM))
+        alarm.start()
     try:
-        proc.wait(timeout=max(1.0, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-        print(f"== {run.name}: out of time, stopping it (it saves a checkpoint)", flush=True)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait()
+        train.main(run.train_args(resume))
+    finally:
+        if alarm:
+            alarm.cancel()
+        gc.collect()
+        torch.cuda.empty_cache()
     metrics = os.path.join(OUT, run.name, "metrics.jsonl")
     if os.path.exists(metrics):
         os.makedirs(os.path.join(RESULTS, run.name), exist_ok=True)
         shutil.copy(metrics, os.path.join(RESULTS, run.name, "metrics.jsonl"))
-    if proc.returncode:
-        sys.exit(f"error: {run.name} failed (exit code {proc.returncode}); see its output above")
 
 
 def compare():
     def run_dirs(runs):
         return [os.path.join(RESULTS, r.name) for r in runs if final_val_loss(r) is not None]
 
-    finals = final_runs() or []
+    finals = final_runs()
+    if finals is None:
+        return
+    adamw = best_lr("adamw")
     main_runs = [r for r in sweep() if r.lr == best_lr(r.optimizer)] + finals
-    for name, runs, group_by in (("protocol_sweep", sweep(), "optimizer_name,learning_rate"),
-                                 ("protocol_main", main_runs, "optimizer_name,max_iters")):
-        dirs = run_dirs(runs)
-        if len({os.path.basename(d).split("-")[0] for d in dirs}) < 2:
+    for name, runs, group_by, baseline in (
+            ("protocol_sweep", sweep(), "optimizer_name,learning_rate", f"adamw learning_rate={adamw:g}"),
+            ("protocol_main", main_runs, "optimizer_name,max_iters", f"adamw max_iters={2 * T}")):
+        if name == "protocol_main" and not all(final_val_loss(r) for r in finals if r.phase == "final"):
             continue
-        subprocess.run([sys.executable, "scripts/compare.py", *dirs, "--out", os.path.join("results", name),
-                        "--group_by", group_by], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "scripts/compare.py", *run_dirs(runs), "--out",
+                        os.path.join("results", name), "--group_by", group_by, "--baseline", baseline],
+                       cwd=ROOT, check=True)
 
 
 def main():
+    os.chdir(ROOT)  # train.py reads data/ and config/ relative to the repository
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=float("inf"), help="seconds this invocation may run")
     parser.add_argument("--plan", action="store_true", help="print the plan and what is done, run nothing")
     args = parser.parse_args()
     deadline = time.time() + args.budget
+    attempted = set()
 
     while True:
         planned = sweep() + (final_runs() or [])
@@ -167,6 +183,10 @@ def main():
         if not todo:
             break
         run = todo[0]
+        if run.name in attempted:  # it stopped early: out of time (it saved a checkpoint to resume from)
+            print(f"== stopping: {run.name} did not finish; {len(todo)} run(s) to do", flush=True)
+            break
+        attempted.add(run.name)
         estimate = STARTUP_SECONDS + run.iters * seconds_per_iter(run.optimizer)
         if time.time() + estimate > deadline:
             print(f"== stopping: {run.name} needs ~{estimate:.0f} s, {deadline - time.time():.0f} s left; "
