@@ -1,0 +1,672 @@
+"""CPU tests for the training loop and its support modules: train.py, configurator.py, checkpoint.py and
+metrics.py.
+
+Every run trains a tiny GPT (1 layer, 2 heads, 32 channels, 32-token context; most of its 1.6M parameters
+are the 50304 x 32 embedding) on a synthetic token file written into a temporary `data/tiny/` folder, for
+a handful of iterations. train.py reads `data/<dataset>` relative to the working directory, so in-process
+runs change into that folder's parent and subprocesses start there (with PYTHONPATH set to the repo).
+
+What is covered: configuration parsing and its one-line errors; the accumulation derived from total_bs;
+bit-exact resume (AdamW and Sophia-G, with dropout on, so the saved random state matters); checkpoints
+that survive a SIGKILL mid-write and one-line errors for damaged, missing or mismatched checkpoints;
+a clean stop on SIGTERM; DDP over gloo against a single process (losses, rank-0-only logging, identical
+Hessian EMAs on every rank); metrics.jsonl's records; the non-finite-loss stop; wandb in offline mode;
+and the learning-rate schedule.
+
+The machine these run on has two shared cores: each run is a few iterations of the tiny model with one
+intra-op thread, and the expensive runs (a straight 10-iteration run per optimizer) are made once per
+module and shared by the tests that only read them.
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed
+
+import train
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from configurator import OPTIMIZER_NAMES, Config, ConfigError, load_config, make_config
+from data.tokens import write_tokens
+from metrics import read_metrics
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(REPO_ROOT, "train.py")
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+
+# The tiny run every test starts from; tests override single keys.
+TINY = dict(
+    dataset="tiny", device="cpu", dtype="float32", compile=False,
+    n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=2, total_bs=4,
+    eval_iters=2, eval_interval=5, log_interval=1,
+    learning_rate=1e-3, min_lr=1e-4, warmup_iters=2, lr_decay_iters=20,  # fixed: independent of max_iters
+    hess_interval=3, optimizer_name="sophiag",
+)
+GLOO = torch.distributed.is_available() and torch.distributed.is_gloo_available()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: more intra-op threads only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def args(**overrides):
+    """--key=value arguments for TINY with `overrides` (strings unquoted, as on a command line)."""
+    return [f"--{key}={value}" for key, value in {**TINY, **overrides}.items()]
+
+
+def tiny_config(**overrides):
+    return make_config(**{**TINY, **overrides})
+
+
+def subprocess_env(**extra):
+    """The environment for a child process: the repo importable, one thread, no inherited DDP variables."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def working_directory(path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def run_main(argv, cwd):
+    """train.main(argv) in this process, from `cwd`. main() installs SIGTERM/SIGINT handlers (StopRequest);
+    pytest's own are put back afterwards. Raises SystemExit where main() exits."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with working_directory(cwd):
+            train.main(argv)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def run_train_subprocess(argv, cwd, timeout=120, **env):
+    return subprocess.run([sys.executable, TRAIN_PY, *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=subprocess_env(**env))
+
+
+def kind(record):
+    if "config" in record:
+        return "config"
+    if "val/loss" in record:
+        return "eval"
+    if "train/loss" in record:
+        return "train"
+    raise AssertionError(f"unexpected metrics record {record}")
+
+
+def records(out_dir, which):
+    """The `which` ('train' or 'eval') records of out_dir/metrics.jsonl, by iteration; fails on duplicates."""
+    found = {}
+    for r in read_metrics(os.path.join(out_dir, "metrics.jsonl")):
+        if kind(r) == which:
+            assert r["iter"] not in found, f"iteration {r['iter']} has two {which} records in {out_dir}"
+            found[r["iter"]] = r
+    return found
+
+
+def assert_no_duplicates(out_dir):
+    seen = set()
+    for r in read_metrics(os.path.join(out_dir, "metrics.jsonl")):
+        if kind(r) != "config":
+            key = (r["iter"], kind(r))
+            assert key not in seen, f"{key} logged twice in {out_dir}/metrics.jsonl"
+            seen.add(key)
+    return seen
+
+
+def file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def one_error_line(stderr):
+    """The single line of a clean failure: exactly one non-empty stderr line, starting 'error:'."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"expected one 'error:' line, got:\n{stderr}"
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def wait_for(condition, timeout, what, proc=None):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (rc {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A folder holding data/tiny/{train,val}.bin: token ids with some structure (each token is likely
+    the previous one + 1), so the loss falls, and ids far below vocab_size."""
+    root = tmp_path_factory.mktemp("root")
+    folder = root / "data" / "tiny"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40_000), ("val", 8_000)):
+        steps = np.where(rng.random(n) < 0.7, 1, rng.integers(0, 512, n))
+        write_tokens(str(folder / f"{split}.bin"), (np.cumsum(steps) % 512).astype(np.uint16))
+    return root
+
+
+STRAIGHT_ITERS = 10
+
+
+@pytest.fixture(scope="module")
+def straight_run(data_root, tmp_path_factory):
+    """straight_run(optimizer) -> out_dir of an uninterrupted 10-iteration run (made once per module).
+    Dropout is on so that the resumed run can only match if the random state is restored."""
+    made = {}
+
+    def get(optimizer):
+        if optimizer not in made:
+            out = tmp_path_factory.mktemp(f"straight-{optimizer}")
+            run_main(args(optimizer_name=optimizer, dropout=0.1, max_iters=STRAIGHT_ITERS, out_dir=out), data_root)
+            made[optimizer] = str(out)
+        return made[optimizer]
+
+    return get
+
+
+# ----------------------------------------------------------------------------- 1. configuration
+
+def test_unknown_key_names_it_and_suggests_the_close_match():
+    with pytest.raises(ConfigError) as e:
+        make_config(learnig_rate=1e-3)
+    assert "'learnig_rate'" in str(e.value) and "did you mean 'learning_rate'" in str(e.value)
+    with pytest.raises(ConfigError, match="unknown config key 'hess_intreval'.*'hess_interval'"):
+        load_config(["--hess_intreval=5"])
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("eval_only", 1, "True or False"),  # int for bool
+    ("always_save_checkpoint", "yes", "True or False"),
+    ("max_iters", 1.5, "an int"),  # float for int
+    ("batch_size", True, "an int"),  # bool is an int subclass, and still refused
+    ("learning_rate", "fast", "a number"),  # str for float
+    ("dataset", 3, "a string"),
+    ("compile", "no", "True, False or None"),
+])
+def test_wrong_types_are_refused(key, value, expected):
+    with pytest.raises(ConfigError) as e:
+        make_config(**{key: value})
+    message = str(e.value)
+    assert f"'{key}'" in message and expected in message and repr(value) in message
+    assert "\n" not in message
+
+
+def test_numbers_are_accepted_for_floats_and_stored_as_floats():
+    cfg = make_config(learning_rate=1, rho=0)
+    assert cfg.learning_rate == 1.0 and type(cfg.learning_rate) is float and type(cfg.rho) is float
+    assert make_config(compile=None).compile is None
+
+
+def test_bad_choices_and_non_positive_sizes():
+    with pytest.raises(ConfigError) as e:
+        make_config(optimizer_name="sgd")
+    assert "optimizer_name" in str(e.value) and "'sgd'" in str(e.value)
+    assert all(name in str(e.value) for name in OPTIMIZER_NAMES)
+    with pytest.raises(ConfigError, match="init_from"):
+        make_config(init_from="gpt2")
+    with pytest.raises(ConfigError, match="'batch_size' must be positive"):
+        make_config(batch_size=0)
+    with pytest.raises(ConfigError, match="expected --key=value"):
+        load_config(["--max_iters"])
+
+
+def test_config_file_and_overrides_apply_in_command_line_order(tmp_path):
+    config_file = tmp_path / "run.py"
+    config_file.write_text(
+        "import math\n"  # modules and _private names are not keys
+        "_base = 3e-4\n"
+        "learning_rate = _base * 2\n"
+        "max_iters = 100\n"
+        "dataset = 'enwiki'\n"
+        "optimizer_name = 'adamw'\n"
+    )
+    cfg = load_config(["--max_iters=7", str(config_file), "--batch_size=3", "--optimizer_name=lion"])
+    assert cfg.max_iters == 100  # the file came after the override
+    assert cfg.batch_size == 3 and cfg.optimizer_name == "lion"  # overrides after the file win
+    assert cfg.learning_rate == pytest.approx(6e-4) and cfg.dataset == "enwiki"
+    assert load_config([str(config_file), "--max_iters=7"]).max_iters == 7
+    # the other fields keep their defaults
+    assert cfg.n_layer == Config.n_layer and cfg.hess_interval == Config.hess_interval
+
+
+def test_unquoted_strings_and_literals():
+    cfg = load_config(["--dataset=enwiki_sample", "--out_dir=out/run-1", "--wandb_run_name='quoted'",
+                       "--compile=None", "--bias=True", "--learning_rate=3e-4", "--decay_lr=False"])
+    assert cfg.dataset == "enwiki_sample" and cfg.out_dir == "out/run-1" and cfg.wandb_run_name == "quoted"
+    assert cfg.compile is None and cfg.bias is True and cfg.learning_rate == 3e-4 and cfg.decay_lr is False
+    # an unquoted word for a number stays a string, and is refused as one
+    with pytest.raises(ConfigError, match="'learning_rate' must be a number, got str 'abc'"):
+        load_config(["--learning_rate=abc"])
+
+
+def test_missing_config_file(tmp_path):
+    missing = str(tmp_path / "no_such_config.py")
+    with pytest.raises(ConfigError) as e:
+        load_config([missing])
+    assert missing in str(e.value) and "cannot read config file" in str(e.value)
+
+
+def test_bogus_key_on_the_command_line_is_one_error_line(tmp_path):
+    result = run_train_subprocess(["--bogus=1"], cwd=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert "'bogus'" in one_error_line(result.stderr)
+    assert not (tmp_path / "out").exists()  # nothing was made
+
+
+# ----------------------------------------------------------------------------- 2. accumulation
+
+def test_accumulation_steps():
+    assert train.accumulation_steps(480, 12, 1) == 40
+    assert train.accumulation_steps(480, 12, 8) == 5
+    with pytest.raises(ConfigError, match="batch_size"):
+        train.accumulation_steps(480, 12, 7)
+    with pytest.raises(ConfigError, match="hess_total_bs"):
+        train.accumulation_steps(10, 4, 1, key="hess_total_bs")
+
+
+def test_trainer_accumulates_micro_batches_from_total_bs(data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(data_root)
+    cfg, dist = train.init_distributed(tiny_config(total_bs=8, batch_size=2, out_dir=str(tmp_path)))
+    trainer = train.Trainer(cfg, dist)
+    assert trainer.accum == 4 and trainer.tokens_per_iter == 8 * 32 and trainer.hess_total_bs == 8
+    micro_batches = trainer.train_data.next_batch(cfg.total_bs)
+    assert len(micro_batches) == 4
+    for X, Y in micro_batches:
+        assert X.shape == Y.shape == (2, 32) and X.dtype == torch.int64
+        assert torch.equal(X[:, 1:], Y[:, :-1])  # targets are the inputs shifted by one
+    windows = torch.cat([X for X, _ in micro_batches])
+    assert len({tuple(w.tolist()) for w in windows}) == 8  # 8 different windows
+    assert trainer.train_data.position == 8
+    # a total_bs that batch_size does not divide is refused when the Trainer is built
+    with pytest.raises(ConfigError, match="batch_size"):
+        train.Trainer(*train.init_distributed(tiny_config(total_bs=7, batch_size=2, out_dir=str(tmp_path))))
+
+
+# ----------------------------------------------------------------------------- 3. bit-exact resume
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sophiag"])
+def test_resume_is_bit_exact(optimizer, straight_run, data_root, tmp_path):
+    """10 iterations straight == 5, stop, resume to 10: every logged loss is identical and so are the
+    final weights and optimizer state. hess_interval=3 puts Hessian refreshes at iterations 3 (before the
+    stop), 6 and 9 (after); dropout=0.1 makes the restored random state matter."""
+    straight = straight_run(optimizer)
+    out = str(tmp_path / "out")
+    common = dict(optimizer_name=optimizer, dropout=0.1, out_dir=out)
+    run_main(args(max_iters=STRAIGHT_ITERS // 2, **common), data_root)
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iter_num"] == 5
+    run_main(args(max_iters=STRAIGHT_ITERS, init_from="resume", **common), data_root)
+
+    for which, keys in (("train", ["train/loss", "lr", "tokens", "train/clip_rate"]),
+                        ("eval", ["val/loss", "eval/train_loss"])):
+        expected, got = records(straight, which), records(out, which)
+        assert sorted(got) == sorted(expected)
+        for it in expected:
+            for key in keys:
+                assert got[it][key] == expected[it][key], f"{which} {key} at iteration {it}"
+    assert sorted(records(out, "train")) == list(range(1, 11))
+    assert sorted(records(out, "eval")) == [0, 5, 10]
+    assert_no_duplicates(out)
+
+    a, b = load_checkpoint(os.path.join(straight, "ckpt.pt")), load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert a["iter_num"] == b["iter_num"] == 10 and a["data_position"] == b["data_position"]
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert state_a.keys() == state_b.keys()
+    for index in state_a:
+        for key in state_a[index]:
+            assert torch.equal(state_a[index][key], state_b[index][key]), (index, key)
+    if optimizer == "sophiag":
+        assert any(s["hessian"].abs().sum() > 0 for s in state_a.values())  # the refreshes did happen
+
+
+# ----------------------------------------------------------------------------- 4. checkpoints
+
+WRITER = """
+import sys
+import torch
+from checkpoint import save_checkpoint
+
+path, i = sys.argv[1], 0
+while True:
+    i += 1
+    save_checkpoint({"i": i, "x": torch.full((5_000_000,), float(i))}, path)  # 20 MB
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
+    """Kill a process that keeps rewriting one checkpoint while its temporary file exists (a write in
+    progress): the checkpoint under the real name is a complete earlier one."""
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    path = str(tmp_path / "ckpt.pt")
+    for attempt in range(5):  # the write may finish between our look and the kill: try again then
+        with open(tmp_path / "writer.out", "w") as out:
+            proc = subprocess.Popen([sys.executable, str(script), path], stdout=out, env=subprocess_env())
+        try:
+            wait_for(lambda: os.path.exists(path) and os.path.exists(path + ".tmp"), 60,
+                     "a checkpoint write in progress", proc)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        if os.path.exists(path + ".tmp"):
+            break
+        os.remove(path)
+    else:
+        pytest.fail("never managed to kill the writer mid-write")
+    assert proc.returncode == -signal.SIGKILL
+    completed = [int(line) for line in (tmp_path / "writer.out").read_text().split()]
+    ckpt = load_checkpoint(path)
+    assert ckpt["i"] >= max(completed, default=1)  # the latest complete one (printed after its save)
+    assert torch.equal(ckpt["x"], torch.full((5_000_000,), float(ckpt["i"])))  # and whole
+
+
+def test_damaged_checkpoints_are_one_line_errors(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x02 not a checkpoint \x00\xff" * 50)
+    good = str(tmp_path / "good.pt")
+    save_checkpoint({"model": {"w": torch.randn(1000)}, "iter_num": 3}, good)
+    assert load_checkpoint(good)["iter_num"] == 3
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(file_bytes(good)[: os.path.getsize(good) // 2])
+    for path in (garbage, truncated):
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(str(path))
+        message = str(e.value)
+        assert "\n" not in message and str(path) in message and "damaged" in message
+
+
+def test_missing_checkpoint_says_how_to_start(tmp_path, data_root):
+    with pytest.raises(CheckpointError, match="init_from"):
+        load_checkpoint(str(tmp_path / "ckpt.pt"))
+    result = run_train_subprocess(args(init_from="resume", out_dir=tmp_path / "out", max_iters=2), cwd=data_root)
+    assert result.returncode != 0 and "init_from" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("change, named", [({"n_embd": 64}, "n_embd"), ({"optimizer_name": "adamw"}, "optimizer_name")])
+def test_resuming_a_different_model_or_optimizer_is_a_clean_error(change, named, straight_run, data_root, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(straight_run("sophiag"), out)
+    before = {name: file_bytes(out / name) for name in ("ckpt.pt", "metrics.jsonl")}
+    result = run_train_subprocess(args(init_from="resume", out_dir=out, max_iters=12, dropout=0.1, **change),
+                                  cwd=data_root)
+    assert result.returncode != 0
+    assert named in one_error_line(result.stderr)
+    assert {name: file_bytes(out / name) for name in before} == before  # nothing was touched
+
+
+# ----------------------------------------------------------------------------- 5. SIGTERM
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(data_root, tmp_path):
+    out = tmp_path / "out"
+    metrics = out / "metrics.jsonl"
+
+    def progress():  # counts complete lines only: the run may be writing one right now
+        complete = metrics.read_text().split("\n")[:-1] if metrics.exists() else []
+        return sum('"train/loss"' in line for line in complete) >= 3
+
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, TRAIN_PY, *args(max_iters=100_000, eval_interval=1000,
+                                                                 out_dir=out)],
+                                cwd=data_root, stdout=stdout, stderr=stderr, env=subprocess_env())
+    try:
+        wait_for(progress, 90, "3 logged iterations", proc)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    output = (tmp_path / "stdout").read_text()
+    assert rc == 0, (tmp_path / "stderr").read_text()
+    stops = re.findall(r"stop requested: saving a checkpoint at iteration (\d+)", output)
+    assert len(stops) == 1
+    stopped_at = int(stops[0])
+    ckpt = load_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["iter_num"] == stopped_at >= 3
+    assert max(records(out, "train")) == stopped_at  # log_interval=1: the last logged iteration
+
+    run_main(args(max_iters=stopped_at + 2, eval_interval=1000, out_dir=out, init_from="resume"), data_root)
+    assert load_checkpoint(str(out / "ckpt.pt"))["iter_num"] == stopped_at + 2
+    assert sorted(records(out, "train")) == list(range(1, stopped_at + 3))
+    assert sorted(records(out, "eval")) == [0, stopped_at + 2]
+    assert_no_duplicates(out)
+
+
+# ----------------------------------------------------------------------------- 6. DDP (gloo)
+
+DDP_RUN = dict(optimizer_name="sophiag", hess_interval=3, max_iters=8, eval_interval=4, total_bs=8, batch_size=2)
+
+HESSIAN_CHECK = """
+import torch
+import torch.distributed as dist
+
+torch.set_num_threads(1)
+import train
+from configurator import make_config
+
+cfg = make_config(**{config!r})
+cfg, d = train.init_distributed(cfg)
+assert d.world_size == 2, d
+trainer = train.Trainer(cfg, d)
+for _ in range(4):  # refreshes after iterations 2 and 4
+    trainer.train_iteration()
+params = list(trainer.model.parameters())
+flat = {{
+    "hessian": torch.cat([trainer.optimizer.state[p]["hessian"].flatten() for p in params]),
+    "params": torch.cat([p.detach().flatten() for p in params]),
+}}
+assert flat["hessian"].abs().sum() > 0, "no Hessian refresh happened"
+for name, tensor in flat.items():
+    gathered = [torch.empty_like(tensor) for _ in range(d.world_size)]
+    dist.all_gather(gathered, tensor)
+    for other in gathered[1:]:
+        assert torch.equal(gathered[0], other), f"{{name}} differs across ranks"
+if d.rank == 0:
+    print("OK", flat["hessian"].abs().sum().item())
+dist.barrier()  # as train.py: no rank tears down its connections while another still uses them
+dist.destroy_process_group()
+"""
+
+
+def torchrun(argv, cwd, timeout=180):
+    return subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=subprocess_env())
+
+
+@pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
+def test_ddp_matches_a_single_process(data_root, tmp_path):
+    """2 processes x 2 micro-steps of 2 sequences against 1 process x 4 micro-steps: the same global
+    batches (Batches slices each global batch by rank) and the same refresh labels (seeded per sequence
+    index), so the runs differ only in the order of floating-point sums (all-reduce vs accumulation).
+
+    The logged losses and Hessian norms agree to ~1e-7 relative (measured); we allow 1e-4 relative. The
+    losses alone say little about the Hessian on this tiny model (almost every coordinate is clipped, so
+    steps are nearly sign(m)): the Hessian norms and the final Hessian EMAs are compared too, which is what
+    catches a refresh that is summed instead of averaged over ranks, or that samples labels per rank.
+    The parameters can differ more than the losses: Sophia's clipped, sign-like step turns a rounding-size
+    difference in a coordinate whose momentum is near zero (or near the clipping threshold) into a
+    difference of up to 2 * lr. Measured: 4e-6; checked against 2 * lr (one flipped step).
+    """
+    ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
+    result = torchrun([TRAIN_PY, *args(out_dir=ddp_out, **DDP_RUN)], cwd=data_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_main(args(out_dir=single_out, **DDP_RUN), data_root)
+
+    assert sorted(os.listdir(ddp_out)) == ["ckpt.pt", "metrics.jsonl"]  # rank 1 wrote nothing of its own
+    assert result.stdout.count("config: {") == 1  # and printed nothing
+    assert_no_duplicates(ddp_out)
+    config = read_metrics(ddp_out / "metrics.jsonl")[0]["config"]
+    assert config["backend"] == "gloo" and config["total_bs"] == 8
+
+    train_keys = ["train/loss", "hessian_norm", "momentum_norm", "param_norm"]
+    for which, keys in (("train", train_keys), ("eval", ["val/loss", "eval/train_loss"])):
+        ddp, single = records(ddp_out, which), records(single_out, which)
+        assert sorted(ddp) == sorted(single) == (list(range(1, 9)) if which == "train" else [0, 4, 8])
+        for it in single:
+            for key in keys:
+                assert ddp[it][key] == pytest.approx(single[it][key], rel=1e-4), f"{which} {key} at {it}"
+            if which == "train":
+                assert ddp[it]["tokens"] == single[it]["tokens"] == it * 8 * 32
+                assert ddp[it]["lr"] == single[it]["lr"]
+                assert ddp[it]["train/win_rate"] == pytest.approx(single[it]["train/win_rate"], abs=1e-3)
+
+    a, b = load_checkpoint(str(ddp_out / "ckpt.pt")), load_checkpoint(str(single_out / "ckpt.pt"))
+    assert a["iter_num"] == b["iter_num"] == 8 and a["data_position"] == b["data_position"]
+    for name in a["model"]:
+        assert (a["model"][name] - b["model"][name]).abs().max() <= 2 * TINY["learning_rate"], name
+    for index, state in b["optimizer"]["state"].items():
+        expected, got = state["hessian"], a["optimizer"]["state"][index]["hessian"]
+        assert expected.abs().max() > 0  # refreshed (after iterations 3 and 6)
+        assert (got - expected).abs().max() <= 1e-4 * expected.abs().max(), f"Hessian EMA of parameter {index}"
+
+
+@pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
+def test_ddp_hessian_ema_is_identical_on_every_rank(data_root, tmp_path):
+    config = {**TINY, **DDP_RUN, "hess_interval": 2, "out_dir": str(tmp_path / "out")}
+    script = tmp_path / "hessian_check.py"
+    script.write_text(HESSIAN_CHECK.format(config=config))
+    result = torchrun([str(script)], cwd=data_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^OK \S+", result.stdout, re.M), result.stdout
+
+
+# ----------------------------------------------------------------------------- 7. metrics
+
+TRAIN_KEYS = {"iter", "tokens", "time", "train/loss", "lr", "mfu", "ms_per_iter", "tokens_per_s", "train/clip_rate"}
+SOPHIA_KEYS = {"train/win_rate", "hessian_norm", "momentum_norm", "param_norm"}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sophiag"])
+def test_metrics_records(optimizer, straight_run):
+    out = straight_run(optimizer)
+    argv = args(optimizer_name=optimizer, dropout=0.1, max_iters=STRAIGHT_ITERS, out_dir=out)
+    resolved, _ = train.init_distributed(load_config(argv))
+    lines = read_metrics(os.path.join(out, "metrics.jsonl"))
+    assert lines[0] == {"config": dataclasses.asdict(resolved)}
+    assert lines[0]["config"]["device"] == "cpu" and lines[0]["config"]["compile"] is False
+    assert sum(kind(r) == "config" for r in lines) == 1
+
+    train_records, eval_records = records(out, "train"), records(out, "eval")
+    assert sorted(train_records) == list(range(1, STRAIGHT_ITERS + 1))
+    for it, r in train_records.items():
+        assert set(r) == TRAIN_KEYS | (SOPHIA_KEYS if optimizer == "sophiag" else set())
+        assert r["tokens"] == it * resolved.total_bs * resolved.block_size
+        assert r["lr"] == pytest.approx(train.get_lr(it - 1, resolved))  # the lr of the step that made it
+        assert math.isfinite(r["train/loss"]) and 0 < r["mfu"] < 1 and 0 <= r["train/clip_rate"] <= 1
+        if optimizer == "sophiag":
+            assert 0 <= r["train/win_rate"] <= 1 and r["hessian_norm"] >= 0
+    if optimizer == "sophiag":  # zero until the first refresh (after iteration 3), positive after
+        assert train_records[2]["hessian_norm"] == 0 and train_records[3]["hessian_norm"] > 0
+    times = [r["time"] for r in lines[1:]]
+    assert times == sorted(times)  # training time never goes backwards
+
+    assert sorted(eval_records) == [0, 5, 10]
+    for it, r in eval_records.items():
+        assert set(r) == {"iter", "tokens", "time", "val/loss", "eval/train_loss"}
+        assert r["tokens"] == it * resolved.total_bs * resolved.block_size
+    # the run learned something on the structured tokens
+    assert eval_records[10]["val/loss"] < eval_records[0]["val/loss"]
+
+
+def test_non_finite_loss_stops_without_saving(straight_run, data_root, tmp_path, capsys):
+    """Resume a good checkpoint with a learning rate of 1e30: the first step's loss is still finite (it is
+    computed before the update), the next one is not, and the run stops with one error line, leaving the
+    checkpoint as it was."""
+    out = tmp_path / "out"
+    shutil.copytree(straight_run("sophiag"), out)
+    before = file_bytes(out / "ckpt.pt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(args(out_dir=out, init_from="resume", dropout=0.1, learning_rate=1e30, min_lr=1e30, max_iters=20),
+                 data_root)
+    assert e.value.code == 1
+    message = one_error_line(capsys.readouterr().err)
+    assert "the training loss is" in message and "ckpt.pt" in message
+    assert file_bytes(out / "ckpt.pt") == before
+    logged = records(out, "train")
+    assert max(logged) == STRAIGHT_ITERS + 1 and all(math.isfinite(r["train/loss"]) for r in logged.values())
+
+
+def test_non_finite_validation_loss_stops_before_the_checkpoint(data_root, tmp_path, capsys):
+    """From scratch with no warmup and a learning rate of 1e30, evaluating every iteration: the first
+    step's training loss is finite, the evaluation after it is not, and the run stops before the
+    checkpoint that evaluation would have saved."""
+    out = tmp_path / "out"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(args(out_dir=out, learning_rate=1e30, min_lr=1e30, warmup_iters=0, eval_interval=1, max_iters=20),
+                 data_root)
+    assert e.value.code == 1
+    assert "the validation loss is" in one_error_line(capsys.readouterr().err)
+    assert not (out / "ckpt.pt").exists()
+    assert sorted(records(out, "eval")) == [0] and sorted(records(out, "train")) == [1]
+
+
+# ----------------------------------------------------------------------------- 8. wandb
+
+def test_wandb_offline_run(data_root, tmp_path):
+    pytest.importorskip("wandb")
+    out, wandb_dir = tmp_path / "out", tmp_path / "wandb-dir"
+    wandb_dir.mkdir()
+    result = run_train_subprocess(args(out_dir=out, max_iters=2, wandb_log=True, wandb_run_name="tiny-test"),
+                                  cwd=data_root, WANDB_MODE="offline", WANDB_DIR=str(wandb_dir), WANDB_SILENT="true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((wandb_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, os.listdir(wandb_dir)
+    run_id = load_checkpoint(str(out / "ckpt.pt"))["wandb_run_id"]
+    assert run_id and runs[0].name.endswith(f"-{run_id}")  # the id a resume would continue
+    assert list(runs[0].glob("*.wandb"))  # the offline log that `wandb sync` uploads
+
+
+# ----------------------------------------------------------------------------- 9. learning rate
+
+def test_get_lr_schedule():
+    cfg = make_config(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    lr = lambda it: train.get_lr(it, cfg)  # noqa: E731
+    assert lr(0) == 0.0 and lr(5) == pytest.approx(0.5) and lr(10) == pytest.approx(1.0)  # linear warmup from 0
+    assert lr(60) == pytest.approx(0.1 + 0.5 * 0.9)  # half way through the cosine
+    assert lr(35) == pytest.approx(0.1 + 0.5 * (1 + math.cos(math.pi / 4)) * 0.9)
+    assert lr(110) == pytest.approx(0.1) and lr(111) == lr(10_000) == 0.1  # min_lr from lr_decay_iters on
+    decay = [lr(it) for it in range(10, 111)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))  # strictly decreasing
+    constant = dataclasses.replace(cfg, decay_lr=False)
+    assert {train.get_lr(it, constant) for it in (0, 5, 10, 60, 110, 10_000)} == {1.0}
