@@ -64,6 +64,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    """In-process runs are single-process runs, even under a launcher that set these."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def args(**overrides):
@@ -507,9 +514,24 @@ dist.destroy_process_group()
 """
 
 
-def torchrun(argv, cwd, timeout=180):
-    return subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", *argv], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=subprocess_env())
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def torchrun(argv, cwd, completed, timeout=180):
+    """torchrun --standalone --nproc_per_node=2 argv, retried (at most twice) only for one known,
+    intermittent failure that comes after the work is done: a rank aborting at interpreter exit with
+    "terminate called without an active exception". Its backtrace (torch 2.13, CPU, gloo): a gloo worker
+    thread (ProcessGroupGloo::runLoop) destroys the last barrier's AsyncWork, whose ThreadLocalState holds
+    a Python object, and takes the GIL from a finalizing interpreter; pthread_exit unwinds through a
+    noexcept destructor -> std::terminate. `completed()` must confirm the run's results were all written
+    before a retry is allowed; any other failure fails at once."""
+    for attempt in range(3):
+        result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", *argv], cwd=cwd,
+                                capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+        if result.returncode == 0 or TEARDOWN_ABORT not in result.stderr or not completed(result):
+            break
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 @pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
@@ -527,8 +549,11 @@ def test_ddp_matches_a_single_process(data_root, tmp_path):
     difference of up to 2 * lr. Measured: 4e-6; checked against 2 * lr (one flipped step).
     """
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
-    result = torchrun([TRAIN_PY, *args(out_dir=ddp_out, **DDP_RUN)], cwd=data_root)
-    assert result.returncode == 0, result.stderr[-3000:]
+
+    def completed(result):  # the final checkpoint and evaluation were written
+        return (ddp_out / "ckpt.pt").exists() and 8 in records(ddp_out, "eval")
+
+    result = torchrun([TRAIN_PY, *args(out_dir=ddp_out, **DDP_RUN)], cwd=data_root, completed=completed)
     run_main(args(out_dir=single_out, **DDP_RUN), data_root)
 
     assert sorted(os.listdir(ddp_out)) == ["ckpt.pt", "metrics.jsonl"]  # rank 1 wrote nothing of its own
@@ -564,8 +589,7 @@ def test_ddp_hessian_ema_is_identical_on_every_rank(data_root, tmp_path):
     config = {**TINY, **DDP_RUN, "hess_interval": 2, "out_dir": str(tmp_path / "out")}
     script = tmp_path / "hessian_check.py"
     script.write_text(HESSIAN_CHECK.format(config=config))
-    result = torchrun([str(script)], cwd=data_root)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun([str(script)], cwd=data_root, completed=lambda result: result.stdout.startswith("OK "))
     assert re.search(r"^OK \S+", result.stdout, re.M), result.stdout
 
 
