@@ -127,7 +127,11 @@ def read_config_file(path):
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     namespace = {}
-    exec(compile(source, path, "exec"), {}, namespace)
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except Exception as e:  # any error in the file: report it in one line
+        where = f" line {e.lineno}" if isinstance(e, SyntaxError) else ""
+        raise ConfigError(f"config file {path}{where}: {type(e).__name__}: {e}") from None
     return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)}
 
 
@@ -139,7 +143,9 @@ def load_config(argv):
             key, eq, text = arg[2:].partition("=")
             if not eq:
                 raise ConfigError(f"expected --key=value, got '{arg}'")
-            values[key] = parse_value(text)
+            value = parse_value(text)
+            # a string key keeps its text as written (--wandb_run_name=2024 is the name "2024")
+            values[key] = text if _field_types().get(key) is str and not isinstance(value, str) else value
         else:
             values.update(read_config_file(arg))
     return make_config(**values)

@@ -17,9 +17,12 @@ from data.tokens import atomic_write
 
 
 def read_metrics(path):
-    """The records of a metrics.jsonl file, in order."""
+    """The records of a metrics.jsonl file, in order. A last line cut short (a kill mid-write) is dropped."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    return [json.loads(line) for line in lines]
 
 
 def _before(record, resume_iter):

@@ -12,6 +12,7 @@ the official code: Sophia-G backpropagates the mean cross-entropy against labels
 """
 
 import dataclasses
+import gc
 import math
 import os
 import signal
@@ -531,6 +532,8 @@ def main(argv=None):
         log.close()
     if dist.world_size > 1:
         torch_dist.barrier()  # let rank 0 finish writing before any process group goes away
+        del trainer  # DDP holds the process group; free it (the Trainer is in a reference cycle) before
+        gc.collect()  # destroying the group, or gloo can abort at interpreter exit
         torch_dist.destroy_process_group()
 
 

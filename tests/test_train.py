@@ -288,6 +288,29 @@ def test_missing_config_file(tmp_path):
     assert missing in str(e.value) and "cannot read config file" in str(e.value)
 
 
+def test_errors_inside_a_config_file_are_one_line(tmp_path):
+    for body, kind in (("max_iters = 10 +\n", "SyntaxError"), ("learning_rate = undefined_name\n", "NameError")):
+        path = tmp_path / "bad.py"
+        path.write_text(body)
+        with pytest.raises(ConfigError, match=f"config file .*bad.py.*{kind}"):
+            load_config([str(path)])
+    # names bound in the file are visible inside its comprehensions (one namespace, as a module)
+    path = tmp_path / "nested.py"
+    path.write_text("_n = 2\nmax_iters = sum(_n for _ in range(3))\n")
+    assert load_config([str(path)]).max_iters == 6
+
+
+def test_string_keys_keep_the_text_as_written():
+    assert load_config(["--wandb_run_name=2024"]).wandb_run_name == "2024"
+    assert load_config(["--dataset=None"]).dataset == "None"
+
+
+def test_a_metrics_line_cut_short_is_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iter": 1, "train/loss": 2.0}\n{"iter": 2, "tok')
+    assert read_metrics(str(path)) == [{"iter": 1, "train/loss": 2.0}]
+
+
 def test_bogus_key_on_the_command_line_is_one_error_line(tmp_path):
     result = run_train_subprocess(["--bogus=1"], cwd=tmp_path, timeout=60)
     assert result.returncode != 0

@@ -1,0 +1,339 @@
+r"""
+Sophia (Liu et al. 2023, arXiv 2305.14342) and Lion (Chen et al. 2023), plus the two diagonal-Hessian
+estimators Sophia uses: Gauss-Newton-Bartlett (Sophia-G) and Hutchinson (Sophia-H).
+
+SophiaG keeps the official code's parameterisation (github.com/Liuhong99/Sophia), so its published
+hyperparameters carry over. Per parameter tensor, with state m (`exp_avg`) and h (`hessian`), both
+zero at first:
+
+    update_hessian():  h <- beta2 * h + (1 - beta2) * g_hat * g_hat      (g_hat: what is in p.grad)
+    step(bs):          p <- p * (1 - lr * weight_decay)
+                       m <- beta1 * m + (1 - beta1) * g
+                       p <- p - lr * sign(m) * min(|m| / (rho * bs * max(h, 0) + 1e-15), 1)
+
+No bias correction. g_hat is the gradient of the mean cross-entropy of `bs` tokens against labels
+sampled from the model itself, so bs * g_hat^2 is the GNB estimate of the diagonal of the
+Gauss-Newton matrix and rho is the paper's gamma. Until the first refresh h = 0 and the update is
+sign(m) (sign descent with momentum). Where h <= 0 (Hutchinson's estimate can be negative) the
+denominator is the paper's max(rho * h, eps): the coordinate takes a sign step, never a reversed or
+huge one. The per-coordinate step is at most lr (plus the decay lr * weight_decay * |p|).
+
+SophiaH stores Hutchinson's estimate u * (H u) itself, not a square: update_hessian() does
+h <- beta2 * h + (1 - beta2) * p.grad with u * (H u) in p.grad, and step uses bs = 1, so rho is the
+paper's gamma directly. Lion:
+
+    c <- beta1 * m + (1 - beta1) * g;  p <- p * (1 - lr * wd) - lr * sign(c);  m <- beta2 * m + (1 - beta2) * g
+
+Each update has a readable single-tensor body (the reference), a multi-tensor body on torch._foreach_*
+ops, and `fused`: that multi-tensor body compiled by torch.compile into a few fused kernels (the
+default on CUDA, where the update is bound by memory traffic).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import Optimizer
+
+EPS = 1e-15  # the official code's epsilon in the denominator of the clipped ratio
+
+
+def _eps(dtype):
+    """EPS, or the smallest normal number where EPS would underflow to 0 (float16), avoiding 0 / 0."""
+    return max(EPS, torch.finfo(dtype).tiny)
+
+
+# ----------------------------------------------------------------------------- estimators
+
+def sample_from_logits(logits, generator=None):
+    """One exact sample per row of softmax(logits), by the Gumbel-max trick: argmax(logits + G), with
+    Gumbel noise G = -log(-log(U)), U uniform. Under torch.compile it fuses into one pass over the
+    logits (the noise is made in registers), several times faster than torch.distributions.Categorical
+    and with no extra memory."""
+    uniform = torch.rand(logits.shape, dtype=torch.float32, device=logits.device, generator=generator)
+    return (logits.float() - torch.log(-torch.log(uniform))).argmax(dim=-1)
+
+
+def sampled_cross_entropy(logits, generator=None):
+    """Mean cross-entropy against labels sampled from the model's own softmax: its gradient g_hat
+    gives the Gauss-Newton-Bartlett estimate B * g_hat^2 (B = number of rows of `logits`)."""
+    logits = logits.reshape(-1, logits.size(-1))
+    labels = sample_from_logits(logits.detach(), generator)
+    return F.cross_entropy(logits, labels)
+
+
+def rademacher_like(tensors, generator=None):
+    """Random +-1 vectors shaped like `tensors` (Hutchinson's probe u)."""
+    return [torch.randint(0, 2, t.shape, generator=generator, device=t.device).to(t.dtype).mul_(2).sub_(1)
+            for t in tensors]
+
+
+def hessian_vector_product(loss, params, vectors):
+    """H v for the Hessian of `loss` w.r.t. `params`, by double backward (needs a twice-differentiable
+    model: see GPT.explicit_attention)."""
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    return torch.autograd.grad(grads, params, grad_outputs=vectors)
+
+
+# ----------------------------------------------------------------------------- update bodies
+
+def _single_tensor_sophiag(params, grads, exp_avgs, hessians, *, lr, beta1, rho, weight_decay, bs):
+    for param, grad, exp_avg, hess in zip(params, grads, exp_avgs, hessians):
+        param.mul_(1 - lr * weight_decay)
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        ratio = (exp_avg.abs() / ((rho * bs * hess).clamp_(min=0) + _eps(hess.dtype))).clamp_(max=1)
+        param.addcmul_(exp_avg.sign(), ratio, value=-lr)
+
+
+def _multi_tensor_sophiag(params, grads, exp_avgs, hessians, *, lr, beta1, rho, weight_decay, bs):
+    # lr may be a 0-d tensor (fused path: no recompilation when it changes), hence mul/sub, not alpha=
+    torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    denom = torch._foreach_mul(hessians, rho * bs)
+    torch._foreach_clamp_min_(denom, 0)
+    torch._foreach_add_(denom, _eps(hessians[0].dtype))
+    # sign(m) * min(|m| / d, 1) == clamp(m / d, -1, 1) since d > 0
+    step = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_clamp_min_(step, -1)
+    torch._foreach_clamp_max_(step, 1)
+    torch._foreach_mul_(step, lr)
+    torch._foreach_sub_(params, step)
+
+
+def _single_tensor_lion(params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay):
+    for param, grad, exp_avg in zip(params, grads, exp_avgs):
+        update = (exp_avg * beta1).add_(grad, alpha=1 - beta1).sign_()
+        param.mul_(1 - lr * weight_decay).add_(update, alpha=-lr)
+        exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+
+
+def _multi_tensor_lion(params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay):
+    update = torch._foreach_mul(exp_avgs, beta1)
+    torch._foreach_add_(update, grads, alpha=1 - beta1)
+    torch._foreach_sign_(update)
+    torch._foreach_mul_(update, lr)
+    torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_sub_(params, update)
+    torch._foreach_mul_(exp_avgs, beta2)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta2)
+
+
+def _single_tensor_ema_square(hessians, grads, *, beta2):
+    for hess, grad in zip(hessians, grads):
+        hess.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+
+def _multi_tensor_ema_square(hessians, grads, *, beta2):
+    torch._foreach_mul_(hessians, beta2)
+    torch._foreach_addcmul_(hessians, grads, grads, value=1 - beta2)
+
+
+def _single_tensor_ema(hessians, estimates, *, beta2):
+    for hess, estimate in zip(hessians, estimates):
+        hess.mul_(beta2).add_(estimate, alpha=1 - beta2)
+
+
+def _multi_tensor_ema(hessians, estimates, *, beta2):
+    torch._foreach_mul_(hessians, beta2)
+    torch._foreach_add_(hessians, estimates, alpha=1 - beta2)
+
+
+_compiled = {}
+
+
+def _fused(fn):
+    """`fn` compiled by torch.compile (fused Triton kernels on CUDA). It compiles once per parameter
+    group (its list lengths and constant hyperparameters are baked in; lr is a tensor); past torch's
+    recompile limit (8 groups of distinct settings) the rest run the eager foreach body."""
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=False)
+    return _compiled[fn]
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+class _ClippedSignOptimizer(Optimizer):
+    """What SophiaG and Lion share: argument checks, lazy state, and the choice among the single-tensor
+    reference, the multi-tensor (foreach) body and its compiled (fused) version."""
+
+    state_keys = ("exp_avg",)
+
+    def __init__(self, params, defaults, *, foreach=None, fused=None):
+        lr, betas, weight_decay = defaults["lr"], defaults["betas"], defaults["weight_decay"]
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Invalid betas (each must be in [0, 1)): {betas}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults.setdefault("maximize", False)
+        defaults.setdefault("capturable", False)
+        super().__init__(params, defaults)
+        self.foreach, self.fused = foreach, fused
+        self._lr_tensors = {}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("maximize", False)
+            group.setdefault("capturable", False)
+        for s in self.state.values():  # old pickles kept `step` as a float
+            if "step" in s and not torch.is_tensor(s["step"]):
+                s["step"] = torch.tensor(float(s["step"]))
+
+    def _init_group(self, group):
+        """The group's params that have a gradient, and their gradients; creates missing state."""
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            state = self.state[p]
+            if "step" not in state:
+                device = p.device if group["capturable"] else "cpu"
+                state["step"] = torch.zeros((), dtype=torch.float32, device=device)
+            for key in self.state_keys:
+                if key not in state:
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        grads = [p.grad.neg() if group["maximize"] else p.grad for p in params]
+        return params, grads
+
+    def _state(self, params, key):
+        return [self.state[p][key] for p in params]
+
+    def implementation(self, params):
+        """'fused' (compiled multi-tensor body) by default on CUDA, else 'foreach' if asked, else the
+        'single'-tensor reference."""
+        on_cuda = all(p.is_cuda for p in params)
+        if on_cuda if self.fused is None else self.fused:
+            return "fused"
+        return "foreach" if (on_cuda if self.foreach is None else self.foreach) else "single"
+
+    def _apply(self, single, multi, *tensor_lists, **hyper):
+        """Run one update body on the tensor lists. For the fused body, lr becomes a reused 0-d device
+        tensor: a changing Python float would make torch.compile recompile every step."""
+        impl = self.implementation(tensor_lists[0])
+        if impl == "single":
+            return single(*tensor_lists, **hyper)
+        if impl == "foreach":
+            return multi(*tensor_lists, **hyper)
+        if "lr" in hyper:
+            device = tensor_lists[0][0].device
+            if device not in self._lr_tensors:
+                self._lr_tensors[device] = torch.zeros((), dtype=torch.float32, device=device)
+            hyper["lr"] = self._lr_tensors[device].fill_(hyper["lr"])
+        return _fused(multi)(*tensor_lists, **hyper)
+
+    @torch.no_grad()
+    def _run_step(self, closure, update):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._init_group(group)
+            if params:
+                torch._foreach_add_(self._state(params, "step"), 1)
+                update(group, params, grads)
+        return loss
+
+
+class SophiaG(_ClippedSignOptimizer):
+    """Sophia with the Gauss-Newton-Bartlett estimator, in the official code's parameterisation (see the
+    module docstring). API-compatible with the official `SophiaG`: same constructor, `update_hessian()`,
+    `step(closure=None, bs=5120)`, state keys `step`, `exp_avg`, `hessian`.
+
+    `foreach`/`fused` pick the implementation (default: fused on CUDA, single-tensor elsewhere).
+    """
+
+    state_keys = ("exp_avg", "hessian")
+    default_bs = 5120
+
+    def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=1e-1, *,
+                 maximize=False, capturable=False, foreach=None, fused=None):
+        if not 0.0 <= rho:
+            raise ValueError(f"Invalid rho value: {rho}")
+        defaults = dict(lr=lr, betas=betas, rho=rho, weight_decay=weight_decay,
+                        maximize=maximize, capturable=capturable)
+        super().__init__(params, defaults, foreach=foreach, fused=fused)
+
+    hessian_update = (_single_tensor_ema_square, _multi_tensor_ema_square)
+
+    @torch.no_grad()
+    def update_hessian(self):
+        """Fold the estimate in p.grad into the Hessian EMA (squared for SophiaG, as is for SophiaH)."""
+        for group in self.param_groups:
+            params, grads = self._init_group(group)
+            if params:
+                self._apply(*self.hessian_update, self._state(params, "hessian"), grads, beta2=group["betas"][1])
+
+    def step(self, closure=None, bs=None):
+        """One update. `bs`: the number of tokens whose mean loss produced the Hessian estimate
+        (official: total_bs * block_size); SophiaG defaults to the official 5120, SophiaH to 1."""
+        bs = self.default_bs if bs is None else bs
+
+        def update(group, params, grads):
+            self._apply(_single_tensor_sophiag, _multi_tensor_sophiag,
+                        params, grads, self._state(params, "exp_avg"), self._state(params, "hessian"),
+                        lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
+                        weight_decay=group["weight_decay"], bs=bs)
+
+        return self._run_step(closure, update)
+
+    @torch.no_grad()
+    def diagnostics(self, bs=None):
+        """Device tensors (no host sync) for logging: `win_rate` (fraction of coordinates with
+        |m| < rho * bs * h, i.e. not clipped: the official metric), `hessian_norm` (sum of |h|, the
+        official L1 norm), `momentum_norm` and `param_norm` (L2)."""
+        bs = self.default_bs if bs is None else bs
+        unclipped, count, h_l1, m_sq, p_sq = [], 0, [], [], []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if "hessian" in self.state.get(p, {})]
+            if not params:
+                continue
+            m = [self.state[p]["exp_avg"] for p in params]
+            h = [self.state[p]["hessian"] for p in params]
+            unclipped += [(mi.abs() < group["rho"] * bs * hi).sum() for mi, hi in zip(m, h)]
+            count += sum(p.numel() for p in params)
+            h_l1 += torch._foreach_norm(h, 1)
+            m_sq += [n.square() for n in torch._foreach_norm(m)]
+            p_sq += [n.square() for n in torch._foreach_norm(params)]
+        if not count:
+            return {}
+        return {
+            "train/win_rate": torch.stack(unclipped).sum() / count,
+            "hessian_norm": torch.stack(h_l1).sum(),
+            "momentum_norm": torch.stack(m_sq).sum().sqrt(),
+            "param_norm": torch.stack(p_sq).sum().sqrt(),
+        }
+
+
+class SophiaH(SophiaG):
+    """Sophia with Hutchinson's estimator. p.grad must hold u * (H u) when update_hessian() is called
+    (see `rademacher_like`, `hessian_vector_product`); the EMA takes it as is (it may be negative).
+    bs defaults to 1, so rho is the paper's gamma. With maximize=True the estimate is negated as well
+    (maximizing f is minimizing -f). The official repository never released Sophia-H for GPT-2; the
+    defaults here follow the paper's text (gamma = 0.01)."""
+
+    default_bs = 1
+
+    def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), rho=0.01, weight_decay=1e-1, **kwargs):
+        super().__init__(params, lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, **kwargs)
+
+    hessian_update = (_single_tensor_ema, _multi_tensor_ema)
+
+
+class Lion(_ClippedSignOptimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), the paper's third
+    baseline: sign of an interpolation of momentum and gradient, decoupled weight decay."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 maximize=False, foreach=None, fused=None):
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults, foreach=foreach, fused=fused)
+
+    def step(self, closure=None):
+        def update(group, params, grads):
+            self._apply(_single_tensor_lion, _multi_tensor_lion, params, grads, self._state(params, "exp_avg"),
+                        lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                        weight_decay=group["weight_decay"])
+
+        return self._run_step(closure, update)
