@@ -32,15 +32,6 @@ IMPLS = ["single", "foreach"]  # the fused (torch.compile) body has its own test
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine (10-50x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- helpers
 
 def flags(impl):
@@ -187,7 +178,6 @@ def test_sophiag_matches_official_formula_over_random_steps(impl):
             torch.testing.assert_close(opt.state[p]["hessian"], r["h"], rtol=1e-12, atol=1e-15)
     total = clipped + unclipped
     assert clipped > 0.1 * total and unclipped > 0.1 * total, (clipped, unclipped)  # both regimes exercised
-
 
 
 # ----------------------------------------------------------------------------- 2. bounds

@@ -55,15 +55,6 @@ TINY = dict(
 GLOO = torch.distributed.is_available() and torch.distributed.is_gloo_available()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: more intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def single_process(monkeypatch):
     """In-process runs are single-process runs, even under a launcher that set these."""
