@@ -69,7 +69,7 @@ class Run:
         config = os.path.join("config", f"train_gpt2_small_{PAPER_CONFIGS[self.optimizer]}.py")
         settings = dict(optimizer_name=self.optimizer, learning_rate=self.lr, min_lr=self.lr / 20,
                         max_iters=self.iters, lr_decay_iters=self.iters, seed=self.seed,
-                        out_dir=os.path.join(OUT, self.name), wandb_run_name=self.name,
+                        out_dir=os.path.join("out-protocol", self.name), wandb_run_name=self.name,
                         init_from="resume" if resume else "scratch", **self.overrides)
         return [config, "config/protocol_small.py", *(f"--{k}={v}" for k, v in settings.items())]
 

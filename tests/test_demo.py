@@ -25,7 +25,8 @@ def test_cpu_demo_beats_the_unigram_baseline(tmp_path):
                    check=True, capture_output=True)
     shutil.copytree(os.path.join(REPO, "config"), tmp_path / "config")
     env = dict(os.environ, PYTHONPATH=REPO)
-    subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "config/train_cpu_demo_adam.py", "--out_dir=out",
+    subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "config/train_gpt2_small_adam.py",
+                    "config/train_cpu_demo.py", "--out_dir=out", "--learning_rate=1e-2", "--min_lr=5e-4",
                     "--max_iters=150"], cwd=tmp_path, env=env, check=True, capture_output=True)
 
     records = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
