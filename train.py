@@ -248,7 +248,6 @@ class Trainer:
         lr = get_lr(self.iter_num, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        return lr
 
     def clip_gradients(self):
         if self.cfg.grad_clip:
@@ -391,10 +390,10 @@ class Trainer:
             reason = str(e).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint in {self.cfg.out_dir} does not fit this run: {reason}") from None
 
-    def save(self, path=None):
+    def save(self):
         state = self.state_dict()
         if self.dist.is_master:
-            save_checkpoint(state, path or os.path.join(self.cfg.out_dir, "ckpt.pt"))
+            save_checkpoint(state, os.path.join(self.cfg.out_dir, "ckpt.pt"))
 
     # --- logging
 
