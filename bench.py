@@ -15,6 +15,7 @@ a prepared one. Timings are medians over repeated runs with the device synchroni
 """
 
 import argparse
+import gc
 import os
 import statistics
 import time
@@ -63,11 +64,13 @@ def bench_training(args, optimizer_name):
                       hess_total_bs=args.hess_total_bs, peak_flops=args.peak_flops,
                       **OPTIMIZER_SETTINGS[optimizer_name])
     cfg, dist = init_distributed(cfg)
+    cuda = dist.device.startswith("cuda")
     trainer = Trainer(cfg, dist)
     k = cfg.hess_interval
     for _ in range(k):  # compiles the training step and, at iteration k, the refresh
         trainer.train_iteration()
-    torch.cuda.reset_peak_memory_stats() if dist.device.startswith("cuda") else None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     n = k * args.rounds  # whole refresh periods, so the refresh's share is exact
     seconds = timed(lambda: [trainer.train_iteration() for _ in range(n)], dist.device)
     row = {
@@ -75,7 +78,7 @@ def bench_training(args, optimizer_name):
         "ms/iter": 1000 * seconds / n,
         "tokens/s": trainer.tokens_per_iter * n / seconds,
         "MFU": trainer.model.estimate_mfu(trainer.tokens_per_iter, seconds / n, cfg.peak_flops),
-        "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if dist.device.startswith("cuda") else float("nan"),
+        "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
     }
     if trainer.refresh:
         refresh = statistics.median(timed(trainer.refresh, dist.device) for _ in range(3))
@@ -90,8 +93,10 @@ def bench_training(args, optimizer_name):
         path = os.path.join(args.out_dir, f"trace_{optimizer_name}.json")
         prof.export_chrome_trace(path)
         print(f"profile: {path}")
-    del trainer
-    torch.cuda.empty_cache() if dist.device.startswith("cuda") else None
+    trainer = None  # the Trainer is in a reference cycle: collect it so the next row starts with free memory
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
     return row
 
 

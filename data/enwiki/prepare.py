@@ -31,9 +31,9 @@ SHA256 = {  # of the decompressed files, from the corpus's data card
 CHUNK = 1 << 24  # bytes decompressed at a time
 
 
-def decompress(src, digest, total):
+def decompress(src, digest):
     """The uint16 tokens of an .xz file, chunk by chunk, feeding `digest` on the way."""
-    with lzma.open(src) as f, tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(src)) as bar:
+    with lzma.open(src) as f, tqdm(unit="B", unit_scale=True, desc=os.path.basename(src)) as bar:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
             bar.update(len(chunk))
@@ -51,7 +51,7 @@ def main():
             sys.exit(f"error: {src} not found; pass --src with the folder holding the corpus's .bin.xz files")
         dst = os.path.join(HERE, f"{split}.bin")
         digest = hashlib.sha256()
-        write_tokens(dst, decompress(src, digest, total=None))
+        write_tokens(dst, decompress(src, digest))
         if digest.hexdigest() != SHA256[split]:
             os.remove(dst)
             sys.exit(f"error: {src} does not decompress to the published data (sha256 mismatch); fetch it again")
