@@ -4,6 +4,8 @@ optimizers alone. Prints Markdown tables; with --out, also writes them to a file
 
     python bench.py                                    # GPT-2 124M, AdamW vs Sophia-G, 480 x 1024 tokens
     python bench.py --optimizers=adamw,sophiag,lion,sophiah --batch_size=16
+    python bench.py --optimizers=adamw,sophiag,sophiag:gnb_batch=train,sophiag:hess_total_bs=240
+                                                       # rows may override config keys
     python bench.py --size=gpt2-medium --batch_size=8
     python bench.py --optim_only                       # step / update_hessian alone vs their memory floor
                                                        # ("ms": host and GPU, synchronised; "GPU ms": GPU
@@ -23,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from configurator import make_config
+from configurator import make_config, parse_value
 from data.tokens import write_tokens
 from model import GPT, GPT_SIZES, GPTConfig
 from sophia import Lion, SophiaG
@@ -56,13 +58,25 @@ def timed(fn, device):
     return time.perf_counter() - t0
 
 
-def bench_training(args, optimizer_name):
-    """One row: the training step of train.py with this optimizer, Hessian refresh included."""
-    cfg = make_config(**GPT_SIZES[args.size], dataset=args.dataset, batch_size=args.batch_size,
-                      total_bs=args.total_bs, block_size=args.block_size, optimizer_name=optimizer_name,
-                      compile=not args.no_compile, out_dir=args.out_dir, warmup_iters=10, eval_iters=1,
-                      hess_total_bs=args.hess_total_bs, peak_flops=args.peak_flops,
-                      **OPTIMIZER_SETTINGS[optimizer_name])
+def parse_row(spec):
+    """'sophiag:gnb_batch=train:batch_size=24' -> ('sophiag', {'gnb_batch': 'train', 'batch_size': 24})."""
+    name, *settings = spec.split(":")
+    overrides = {}
+    for setting in settings:
+        key, _, text = setting.partition("=")
+        overrides[key] = parse_value(text)
+    return name, overrides
+
+
+def bench_training(args, spec):
+    """One row: the training step of train.py with this optimizer (and config overrides), Hessian refresh
+    included."""
+    optimizer_name, overrides = parse_row(spec)
+    settings = dict(**GPT_SIZES[args.size], dataset=args.dataset, batch_size=args.batch_size,
+                    total_bs=args.total_bs, block_size=args.block_size, optimizer_name=optimizer_name,
+                    compile=not args.no_compile, compile_mode=args.compile_mode, out_dir=args.out_dir,
+                    warmup_iters=10, eval_iters=1, hess_total_bs=args.hess_total_bs, peak_flops=args.peak_flops)
+    cfg = make_config(**{**settings, **OPTIMIZER_SETTINGS[optimizer_name], **overrides})
     cfg, dist = init_distributed(cfg)
     cuda = dist.device.startswith("cuda")
     trainer = Trainer(cfg, dist)
@@ -74,14 +88,15 @@ def bench_training(args, optimizer_name):
     n = k * args.rounds  # whole refresh periods, so the refresh's share is exact
     seconds = timed(lambda: [trainer.train_iteration() for _ in range(n)], dist.device)
     row = {
-        "optimizer": optimizer_name,
+        "optimizer": " ".join(spec.split(":")),
         "ms/iter": 1000 * seconds / n,
         "tokens/s": trainer.tokens_per_iter * n / seconds,
         "MFU": trainer.model.estimate_mfu(trainer.tokens_per_iter, seconds / n, cfg.peak_flops),
         "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
     }
-    if trainer.refresh:
-        refresh = statistics.median(timed(trainer.refresh, dist.device) for _ in range(3))
+    if trainer.refresh:  # its cost: the refreshing iteration (the period's last) against the others, each alone
+        times = [timed(trainer.train_iteration, dist.device) for _ in range(k)]
+        refresh = times[-1] - statistics.median(times[:-1])
         row["refresh ms"] = 1000 * refresh
         row["refresh ms/iter"] = 1000 * refresh / k
     if args.profile:
@@ -90,13 +105,19 @@ def bench_training(args, optimizer_name):
             for _ in range(k):
                 trainer.train_iteration()
             synchronize(dist.device)
-        path = os.path.join(args.out_dir, f"trace_{optimizer_name}.json")
-        prof.export_chrome_trace(path)
-        print(f"profile: {path}")
+        path = os.path.join(args.out_dir, f"trace_{spec.replace(':', '_')}")
+        prof.export_chrome_trace(path + ".json")
+        table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                          row_limit=25)
+        with open(path + ".txt", "w") as f:
+            f.write(table)
+        print(f"profile of {k} iterations ({path}.json, .txt):\n{table}")
     trainer = None  # the Trainer is in a reference cycle: collect it so the next row starts with free memory
     gc.collect()
+    torch._dynamo.reset()  # each row compiles afresh (no recompile limit, no shapes carried over)
     if cuda:
         torch.cuda.empty_cache()
+    print(markdown([row]), flush=True)
     return row
 
 
@@ -187,7 +208,9 @@ def markdown(rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="gpt2", choices=list(GPT_SIZES))
-    parser.add_argument("--optimizers", default="adamw,sophiag")
+    parser.add_argument("--optimizers", default="adamw,sophiag",
+                        help="rows: optimizers, each with optional config overrides, e.g. "
+                             "adamw,sophiag,sophiag:gnb_batch=train,sophiag:batch_size=24")
     parser.add_argument("--batch_size", type=int, default=12, help="micro-batch in sequences")
     parser.add_argument("--total_bs", type=int, default=480, help="sequences per iteration")
     parser.add_argument("--hess_total_bs", type=int, default=0, help="sequences per Hessian refresh (0: total_bs)")
@@ -195,6 +218,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="timed refresh periods (hess_interval iterations each)")
     parser.add_argument("--dataset", default="", help="a prepared dataset under data/ (default: synthetic tokens)")
     parser.add_argument("--no_compile", action="store_true")
+    parser.add_argument("--compile_mode", default="default")
     parser.add_argument("--peak_flops", type=float, default=989e12, help="for MFU (H100 SXM bf16 dense)")
     parser.add_argument("--optim_only", action="store_true", help="only time the optimizers' update kernels")
     parser.add_argument("--reps", type=int, default=50, help="repetitions per optimizer-only timing")
@@ -209,14 +233,14 @@ def main():
         header, rows = bench_optimizers(args)
     else:
         args.dataset = args.dataset or make_synthetic_dataset()
-        rows = [bench_training(args, name) for name in args.optimizers.split(",")]
+        rows = [bench_training(args, spec) for spec in args.optimizers.split(",")]
         base = next((r for r in rows if r["optimizer"] == "adamw"), None)
         for row in rows:
             if base and row is not base:
                 row["time vs adamw"] = f"{100 * (row['ms/iter'] / base['ms/iter'] - 1):+.1f}%"
                 row["memory vs adamw"] = f"{100 * (row['peak GiB'] / base['peak GiB'] - 1):+.1f}%"
         header = (f"{args.size}, micro-batch {args.batch_size}, {args.total_bs} x {args.block_size} tokens per "
-                  f"iteration, compile={not args.no_compile}, "
+                  f"iteration, compile={not args.no_compile} ({args.compile_mode}), "
                   f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}")
     text = f"{header}\n\n{markdown(rows)}\n"
     print(text)

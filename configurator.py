@@ -58,6 +58,10 @@ class Config:
     rho: float = 0.05  # Sophia's clipping scale (the paper's gamma)
     hess_interval: int = 10  # Sophia: refresh the Hessian EMA every this many iterations
     hess_total_bs: int = 0  # Sophia: sequences in a Hessian refresh batch; 0 = total_bs (official)
+    # Sophia-G's refresh batch: 'fresh' = the next batch of data, an extra forward + backward (official);
+    # 'train' = the first hess_total_bs sequences of the iteration's own batch, whose forward pass the
+    # refresh shares: one extra backward (cheaper, and needs one more parameter-sized buffer)
+    gnb_batch: str = "fresh"
     # learning rate schedule: linear warmup, then cosine to min_lr at lr_decay_iters
     decay_lr: bool = True
     warmup_iters: int = 2000
@@ -68,6 +72,7 @@ class Config:
     device: str = "auto"  # 'auto' = cuda if available, else cpu; or 'cpu', 'cuda', 'cuda:1', ...
     dtype: str = "bfloat16"  # autocast dtype ('bfloat16') or 'float32'; weights are always fp32
     compile: Optional[bool] = None  # torch.compile the model; None = on for CUDA, off for CPU
+    compile_mode: str = "default"  # torch.compile's mode, e.g. 'max-autotune-no-cudagraphs' (slow to compile)
     seed: int = 1337
     peak_flops: float = 989e12  # for MFU: H100 SXM bf16 dense; A100 bf16: 312e12
 
@@ -76,6 +81,8 @@ CHOICES = {
     "optimizer_name": OPTIMIZER_NAMES,
     "init_from": ("scratch", "resume"),
     "dtype": ("bfloat16", "float32"),
+    "gnb_batch": ("fresh", "train"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 POSITIVE = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size", "total_bs",
             "n_layer", "n_head", "n_embd", "hess_interval")

@@ -48,7 +48,10 @@ def sample_from_logits(logits, generator=None):
     Gumbel noise G = -log(-log(U)), U uniform. Under torch.compile it fuses into one pass over the
     logits (the noise is made in registers), several times faster than torch.distributions.Categorical
     and with no extra memory."""
-    uniform = torch.rand(logits.shape, dtype=torch.float32, device=logits.device, generator=generator)
+    if generator is None:  # rand_like: torch.compile also takes symbolic (dynamic) shapes
+        uniform = torch.rand_like(logits, dtype=torch.float32)
+    else:
+        uniform = torch.rand(logits.shape, dtype=torch.float32, device=logits.device, generator=generator)
     return (logits.float() - torch.log(-torch.log(uniform))).argmax(dim=-1)
 
 

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,6 +213,9 @@ class Trainer:
         self.accum = accumulation_steps(cfg.total_bs, cfg.batch_size, dist.world_size)
         self.hess_total_bs = cfg.hess_total_bs or cfg.total_bs
         accumulation_steps(self.hess_total_bs, cfg.batch_size, dist.world_size, key="hess_total_bs")
+        if cfg.gnb_batch == "train" and self.hess_total_bs > cfg.total_bs:
+            raise ConfigError(f"gnb_batch='train' takes the refresh batch from the iteration's batch: "
+                              f"hess_total_bs={self.hess_total_bs} must be <= total_bs={cfg.total_bs}")
         self.tokens_per_iter = cfg.total_bs * cfg.block_size
 
         self.model = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
@@ -231,13 +234,22 @@ class Trainer:
                             "sophiah": {"bs": 1}}.get(cfg.optimizer_name, {})
 
         self.iter_num, self.best_val_loss, self.train_time = 0, float("inf"), 0.0
+        self.gnb_gradient = None  # gnb_batch='train': g_hat between the iteration's backward and the refresh
         self.clip_count = torch.zeros((), device=dist.device)
         self.wandb_run_id = None
         if cfg.init_from == "resume":
             self.load_state(load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")))
 
-        self.compiled = torch.compile(self.model) if cfg.compile else self.model
-        self.sampled_loss = torch.compile(sampled_loss) if cfg.compile else sampled_loss
+        compiled = (lambda f: torch.compile(f, mode=cfg.compile_mode)) if cfg.compile else (lambda f: f)
+        self.gnb_from_train_batch = self.refresh == self.refresh_gnb and cfg.gnb_batch == "train"
+        # that refresh backpropagates twice through a forward pass (retain_graph), which the compiled
+        # backward's donated buffers (saved activations reused as scratch space) do not allow
+        self.compile_settings = nullcontext()
+        if self.gnb_from_train_batch:
+            self.compile_settings = torch._functorch.config.patch(donated_buffer=False)
+        self.compiled = compiled(self.model)
+        self.sampled_loss = compiled(sampled_loss)
+        self.sampled_cross_entropy = compiled(sampled_cross_entropy)
         self.ddp_model = self.compiled
         if dist.world_size > 1:
             self.ddp_model = DDP(self.compiled, device_ids=[dist.device] if self.device_type == "cuda" else None)
@@ -257,40 +269,78 @@ class Trainer:
         """One optimizer step on the next global batch, then the Hessian refresh when it is due.
         Returns the batch's mean loss as a device tensor."""
         self.set_lr()
-        loss = accumulate_gradients(self.ddp_model, self.train_data.next_batch(self.cfg.total_bs),
-                                    data_loss, self.ctx)
+        refresh_due = self.refresh and (self.iter_num + 1) % self.cfg.hess_interval == 0
+        loss_fn = data_loss
+        if refresh_due and self.gnb_from_train_batch:
+            loss_fn = self.data_loss_and_gnb_gradient()
+        with self.compile_settings:
+            loss = accumulate_gradients(self.ddp_model, self.train_data.next_batch(self.cfg.total_bs), loss_fn,
+                                        self.ctx)
         grad_norm = self.clip_gradients()
         if grad_norm is not None:
             self.clip_count += grad_norm > self.cfg.grad_clip
         self.optimizer.step(**self.step_kwargs)
         self.optimizer.zero_grad(set_to_none=True)
         self.iter_num += 1
-        if self.refresh and self.iter_num % self.cfg.hess_interval == 0:
+        if refresh_due:
             self.refresh()
         return loss
 
+    @contextmanager
+    def sampling_seeded(self, iteration, index):
+        """Sophia-G's label sampling, seeded by (seed, iteration, the micro-batch's index in the global
+        refresh batch): the estimate does not depend on the number of processes, and resumes exactly."""
+        with torch.random.fork_rng(devices=[self.dist.device] if self.device_type == "cuda" else []):
+            torch.manual_seed(hash((self.cfg.seed, iteration, index)))
+            yield
+
     def refresh_gnb(self):
-        """Sophia-G: the gradient g_hat of the mean loss against sampled labels over a fresh batch of
-        hess_total_bs sequences (averaged over ranks), clipped like a gradient, folded in as g_hat^2;
-        the step's bs = the tokens in that batch. As the official code.
+        """Sophia-G: the gradient g_hat of the mean loss against sampled labels over hess_total_bs
+        sequences (averaged over ranks), clipped like a gradient, folded in as g_hat^2; the step's bs =
+        the tokens in that batch. As the official code, the batch is a fresh one (gnb_batch='fresh'):
+        an extra forward and backward pass. With gnb_batch='train', g_hat was already computed from the
+        iteration's own forward pass (data_loss_and_gnb_gradient): one extra backward pass.
 
-        Each micro-batch samples its labels with the random state seeded by (seed, iteration, its index
-        in the global batch): the estimate does not depend on the number of processes, and resumes
-        exactly. The model, not DDP's wrapper, runs it; the gradient is averaged over ranks here."""
-        micro_batches = self.train_data.next_batch(self.hess_total_bs)
-        first = self.dist.rank * len(micro_batches)
+        The model, not DDP's wrapper, runs the fresh pass; the gradient is averaged over ranks here."""
+        if self.gnb_from_train_batch:
+            for p, g in zip(self.model.parameters(), self.gnb_gradient):
+                p.grad = g
+            self.gnb_gradient = None
+        else:
+            micro_batches = self.train_data.next_batch(self.hess_total_bs)
+            first = self.dist.rank * len(micro_batches)
 
-        def loss_fn(model, X, index):
-            with torch.random.fork_rng(devices=[self.dist.device] if self.device_type == "cuda" else []):
-                torch.manual_seed(hash((self.cfg.seed, self.iter_num, index)))
-                return self.sampled_loss(model, X)
+            def loss_fn(model, X, index):
+                with self.sampling_seeded(self.iter_num, index):
+                    return self.sampled_loss(model, X)
 
-        accumulate_gradients(self.model, [(X, first + i) for i, (X, _) in enumerate(micro_batches)], loss_fn,
-                             self.ctx)
+            accumulate_gradients(self.model, [(X, first + i) for i, (X, _) in enumerate(micro_batches)],
+                                 loss_fn, self.ctx)
         self.average_gradients_over_ranks()
         self.clip_gradients()
         self.optimizer.update_hessian()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def data_loss_and_gnb_gradient(self):
+        """A loss_fn for accumulate_gradients that, on the first micro-batches (hess_total_bs sequences
+        over all ranks), also backpropagates the cross-entropy against labels sampled from the same
+        forward pass's logits, into self.gnb_gradient (for refresh_gnb, after this iteration's step)."""
+        params = list(self.model.parameters())
+        n_micro = self.hess_total_bs // (self.cfg.batch_size * self.dist.world_size)
+        self.gnb_gradient = [torch.zeros_like(p) for p in params]
+        index = iter(range(n_micro))
+
+        def loss_fn(model, X, Y):
+            logits, loss = model(X, Y)
+            i = next(index, None)
+            if i is not None:
+                with self.sampling_seeded(self.iter_num + 1, self.dist.rank * n_micro + i):
+                    sampled = self.sampled_cross_entropy(logits)
+                grads = torch.autograd.grad(sampled / n_micro, params, retain_graph=True)
+                torch._foreach_add_(self.gnb_gradient, grads)
+            return loss
+
+        return loss_fn
 
     def average_gradients_over_ranks(self):
         """p.grad <- its mean over ranks (for the refreshes, which run outside DDP). SUM then divide:

@@ -32,12 +32,15 @@ Definitions
 """
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
 import sys
-from dataclasses import dataclass
 from functools import cached_property
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from configurator import Config  # noqa: E402
 
 import matplotlib
 
@@ -58,7 +61,7 @@ class CompareError(ValueError):
 
 # ----------------------------------------------------------------------------- reading runs
 
-@dataclass
+@dataclasses.dataclass
 class Run:
     path: str  # its metrics.jsonl
     config: dict  # the last config line: a resumed run appends one
@@ -122,7 +125,8 @@ def load_run(path):
     configs = [r["config"] for r in records if "config" in r]
     if not configs:
         raise CompareError(f"{metrics} has no config line; is it a metrics.jsonl written by train.py?")
-    return Run(path=metrics, config=configs[-1],
+    # a key the run's record lacks was added to train.py after the run: the run had its default
+    return Run(path=metrics, config={**dataclasses.asdict(Config()), **configs[-1]},
                evals=columns([r for r in records if "val/loss" in r], EVAL_FIELDS),
                train=columns([r for r in records if "train/loss" in r], TRAIN_FIELDS))
 
@@ -190,7 +194,7 @@ def sort_key(value):
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
-@dataclass
+@dataclasses.dataclass
 class Group:
     label: str
     runs: list

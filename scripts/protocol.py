@@ -11,13 +11,15 @@ with warmup and cosine decay over its own length), so the protocol is, with T = 
   1. sweep:  AdamW and Sophia-G at T, peak learning rate in LEARNING_RATES (factors of 2);
   2. final:  at each one's best rate (lowest final val loss): AdamW at T/2 and 2T, Sophia-G at T/2,
              and a second seed at T for both;
-  3. extra:  Lion (at a quarter of AdamW's best rate, the Lion paper's advice) and Sophia-H at T.
+  3. extra:  Lion (at a quarter of AdamW's best rate, the Lion paper's advice) and Sophia-H at T;
+  4. refresh: Sophia-G at T with cheaper Hessian refreshes (REFRESH_VARIANTS; see gnb_batch in
+             configurator.py), against the official refresh (its two seeds at T).
 Every run uses its paper config (config/train_gpt2_small_*.py) for the optimizer's hyperparameters,
 then config/protocol_small.py for the scale, then min_lr = lr / 20 (the paper's schedule).
 
 Each run's metrics.jsonl is copied to results/protocol/<run>/ (committed); checkpoints stay in
 out-protocol/<run>/. A run complete in results/ is skipped; an interrupted one resumes from its
-checkpoint. At the end, scripts/compare.py writes results/protocol_sweep.* and results/protocol_main.*.
+checkpoint. At the end, scripts/compare.py writes results/protocol_{sweep,main,refresh}.*.
 """
 
 import argparse
@@ -46,6 +48,11 @@ LEARNING_RATES = {  # Sophia-G's best was at the grid's low edge, so its grid go
     "adamw": (2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3),
     "sophiag": (1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3),
 }
+REFRESH_VARIANTS = (  # cheaper Sophia-G refreshes: the half batch (paper), and from the iteration's own batch
+    {"hess_total_bs": 32, "batch_size": 32},  # (two micro-batches of 32: the same batch, in two passes)
+    {"gnb_batch": "train"},
+    {"gnb_batch": "train", "hess_total_bs": 32, "batch_size": 32},
+)
 PAPER_CONFIGS = {"adamw": "adam", "sophiag": "sophia", "lion": "lion", "sophiah": "sophiah"}
 STARTUP_SECONDS = 20  # start-up and evaluations (compiled graphs are reused by later runs in the process)
 GUESS_SECONDS_PER_ITER = 0.05
@@ -62,7 +69,8 @@ class Run:
 
     @property
     def name(self):
-        return f"{self.optimizer}-lr{self.lr:g}-{self.iters}it-s{self.seed}"
+        return f"{self.optimizer}-lr{self.lr:g}-{self.iters}it-s{self.seed}" + "".join(
+            f"-{k}={v}" for k, v in self.overrides.items())
 
     def train_args(self, resume):
         """train.py's command-line arguments for this run."""
@@ -120,6 +128,7 @@ def final_runs():
         Run("sophiag", sophia, T, seed=1338, phase="final"),
         Run("lion", adamw / 4, T, phase="extra"),
         Run("sophiah", sophia, T, phase="extra"),
+        *(Run("sophiag", sophia, T, phase="refresh", overrides=o) for o in REFRESH_VARIANTS),
     ]
 
 
@@ -154,11 +163,17 @@ def compare():
     if finals is None:
         return
     adamw = best_lr("adamw")
-    main_runs = [r for r in sweep() if r.lr == best_lr(r.optimizer)] + finals
+    main_runs = [r for r in sweep() if r.lr == best_lr(r.optimizer)] + [r for r in finals if r.phase != "refresh"]
+    refresh_runs = [r for r in main_runs if r.optimizer == "adamw" or r.optimizer == "sophiag" and r.iters == T]
+    refresh_runs += [r for r in finals if r.phase == "refresh"]
     for name, runs, group_by, baseline in (
             ("protocol_sweep", sweep(), "optimizer_name,learning_rate", f"adamw learning_rate={adamw:g}"),
-            ("protocol_main", main_runs, "optimizer_name,max_iters", f"adamw max_iters={2 * T}")):
-        if name == "protocol_main" and not all(final_val_loss(r) for r in finals if r.phase == "final"):
+            ("protocol_main", main_runs, "optimizer_name,max_iters", f"adamw max_iters={2 * T}"),
+            ("protocol_refresh", refresh_runs, "optimizer_name,max_iters,gnb_batch,hess_total_bs",
+             f"adamw max_iters={2 * T} gnb_batch=fresh hess_total_bs=0")):
+        if name != "protocol_sweep" and not all(final_val_loss(r) for r in finals if r.phase == "final"):
+            continue
+        if name == "protocol_refresh" and not all(final_val_loss(r) for r in finals if r.phase == "refresh"):
             continue
         subprocess.run([sys.executable, "scripts/compare.py", *run_dirs(runs), "--out",
                         os.path.join("results", name), "--group_by", group_by, "--baseline", baseline],

@@ -338,6 +338,42 @@ def test_trainer_accumulates_micro_batches_from_total_bs(data_root, tmp_path, mo
         train.Trainer(*train.init_distributed(tiny_config(total_bs=7, batch_size=2, out_dir=str(tmp_path))))
 
 
+@pytest.mark.parametrize("grad_clip", [0.0, 1e-3])  # off, and on (this g_hat's norm is ~1e-2)
+def test_gnb_refresh_from_the_training_batch_matches_a_direct_computation(grad_clip, data_root, tmp_path,
+                                                                            monkeypatch):
+    """gnb_batch='train': the refresh's g_hat comes from the iteration's own forward pass on its first
+    hess_total_bs sequences (here 2 of 4, one micro-batch), with labels seeded by (seed, iteration, 0).
+    Recomputed here by hand at the pre-step weights: h = (1 - beta2) * clip(g_hat)^2 after one refresh."""
+    monkeypatch.chdir(data_root)
+    cfg, dist = train.init_distributed(tiny_config(gnb_batch="train", hess_interval=1, hess_total_bs=2,
+                                                   grad_clip=grad_clip, out_dir=str(tmp_path)))
+    trainer = train.Trainer(cfg, dist)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    X, _ = train.Batches(os.path.join("data", cfg.dataset), "train", cfg, dist, 50304).next_batch(cfg.total_bs)[0]
+    trainer.train_iteration()
+    assert trainer.gnb_gradient is None and trainer.train_data.position == cfg.total_bs  # no extra batch read
+
+    reference = train.GPT(trainer.model.config)
+    reference.load_state_dict(before)
+    params = list(reference.parameters())
+    with torch.random.fork_rng():
+        torch.manual_seed(hash((cfg.seed, 1, 0)))
+        g_hat = torch.autograd.grad(train.sampled_cross_entropy(reference(X)[0]), params)
+    norm = torch.cat([g.flatten() for g in g_hat]).norm()
+    scale = min(1.0, grad_clip / norm.item()) if grad_clip else 1.0
+    assert scale < 0.5 or not grad_clip  # the clipping is part of what is checked
+    for g, q in zip(g_hat, trainer.model.parameters()):
+        expected = (1 - cfg.beta2) * (g * scale) ** 2
+        torch.testing.assert_close(trainer.optimizer.state[q]["hessian"], expected, rtol=1e-4, atol=1e-12)
+
+
+def test_gnb_refresh_from_the_training_batch_needs_hess_total_bs_within_it(data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(data_root)
+    cfg, dist = train.init_distributed(tiny_config(gnb_batch="train", hess_total_bs=8, out_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="hess_total_bs=8 must be <= total_bs=4"):
+        train.Trainer(cfg, dist)
+
+
 # ----------------------------------------------------------------------------- 3. bit-exact resume
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sophiag"])
@@ -549,10 +585,13 @@ def torchrun(argv, cwd, completed, timeout=180):
 
 
 @pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
-def test_ddp_matches_a_single_process(data_root, tmp_path):
+@pytest.mark.parametrize("gnb_batch", ["fresh", "train"])
+def test_ddp_matches_a_single_process(gnb_batch, data_root, tmp_path):
     """2 processes x 2 micro-steps of 2 sequences against 1 process x 4 micro-steps: the same global
-    batches (Batches slices each global batch by rank) and the same refresh labels (seeded per sequence
+    batches (Batches slices each global batch by rank) and the same refresh labels (seeded per micro-batch
     index), so the runs differ only in the order of floating-point sums (all-reduce vs accumulation).
+    With gnb_batch='train' the refresh's gradient comes from DDP's own forward passes (an extra backward
+    outside DDP's gradient hooks, averaged over ranks by hand).
 
     The logged losses and Hessian norms agree to ~1e-7 relative (measured); we allow 1e-4 relative. The
     losses alone say little about the Hessian on this tiny model (almost every coordinate is clipped, so
@@ -567,8 +606,9 @@ def test_ddp_matches_a_single_process(data_root, tmp_path):
     def completed(result):  # the final checkpoint and evaluation were written
         return (ddp_out / "ckpt.pt").exists() and 8 in records(ddp_out, "eval")
 
-    result = torchrun([TRAIN_PY, *args(out_dir=ddp_out, **DDP_RUN)], cwd=data_root, completed=completed)
-    run_main(args(out_dir=single_out, **DDP_RUN), data_root)
+    run = {**DDP_RUN, "gnb_batch": gnb_batch}
+    result = torchrun([TRAIN_PY, *args(out_dir=ddp_out, **run)], cwd=data_root, completed=completed)
+    run_main(args(out_dir=single_out, **run), data_root)
 
     assert sorted(os.listdir(ddp_out)) == ["ckpt.pt", "metrics.jsonl"]  # rank 1 wrote nothing of its own
     assert result.stdout.count("config: {") == 1  # and printed nothing
