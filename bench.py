@@ -64,7 +64,7 @@ def parse_row(spec):
     overrides = {}
     for setting in settings:
         key, _, text = setting.partition("=")
-        overrides[key] = parse_value(text)
+        overrides[key] = parse_value(key, text)
     return name, overrides
 
 
@@ -88,7 +88,7 @@ def bench_training(args, spec):
     n = k * args.rounds  # whole refresh periods, so the refresh's share is exact
     seconds = timed(lambda: [trainer.train_iteration() for _ in range(n)], dist.device)
     row = {
-        "optimizer": " ".join(spec.split(":")),
+        "optimizer": spec.replace(":", " "),
         "ms/iter": 1000 * seconds / n,
         "tokens/s": trainer.tokens_per_iter * n / seconds,
         "MFU": trainer.model.estimate_mfu(trainer.tokens_per_iter, seconds / n, cfg.peak_flops),

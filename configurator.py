@@ -119,12 +119,15 @@ def _unknown_key(key):
     return ConfigError(f"unknown config key '{key}'{hint}; valid keys: {', '.join(keys)}")
 
 
-def parse_value(text):
-    """A Python literal, or the text itself (so --dataset=enwiki needs no quotes)."""
+def parse_value(key, text):
+    """The value of config key `key` written as text: a Python literal, or the text itself (so
+    --dataset=enwiki needs no quotes); a string key keeps its text as written unless it is quoted
+    (--wandb_run_name=2024 is the name "2024")."""
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+    return text if _field_types().get(key) is str and not isinstance(value, str) else value
 
 
 def read_config_file(path):
@@ -150,9 +153,7 @@ def load_config(argv):
             key, eq, text = arg[2:].partition("=")
             if not eq:
                 raise ConfigError(f"expected --key=value, got '{arg}'")
-            value = parse_value(text)
-            # a string key keeps its text as written (--wandb_run_name=2024 is the name "2024")
-            values[key] = text if _field_types().get(key) is str and not isinstance(value, str) else value
+            values[key] = parse_value(key, text)
         else:
             values.update(read_config_file(arg))
     return make_config(**values)

@@ -166,14 +166,12 @@ def compare():
     main_runs = [r for r in sweep() if r.lr == best_lr(r.optimizer)] + [r for r in finals if r.phase != "refresh"]
     refresh_runs = [r for r in main_runs if r.optimizer == "adamw" or r.optimizer == "sophiag" and r.iters == T]
     refresh_runs += [r for r in finals if r.phase == "refresh"]
-    for name, runs, group_by, baseline in (
-            ("protocol_sweep", sweep(), "optimizer_name,learning_rate", f"adamw learning_rate={adamw:g}"),
-            ("protocol_main", main_runs, "optimizer_name,max_iters", f"adamw max_iters={2 * T}"),
+    for name, runs, group_by, baseline, needed_phases in (  # each written once those phases are complete
+            ("protocol_sweep", sweep(), "optimizer_name,learning_rate", f"adamw learning_rate={adamw:g}", ()),
+            ("protocol_main", main_runs, "optimizer_name,max_iters", f"adamw max_iters={2 * T}", ("final",)),
             ("protocol_refresh", refresh_runs, "optimizer_name,max_iters,gnb_batch,hess_total_bs",
-             f"adamw max_iters={2 * T} gnb_batch=fresh hess_total_bs=0")):
-        if name != "protocol_sweep" and not all(final_val_loss(r) for r in finals if r.phase == "final"):
-            continue
-        if name == "protocol_refresh" and not all(final_val_loss(r) for r in finals if r.phase == "refresh"):
+             f"adamw max_iters={2 * T} gnb_batch=fresh hess_total_bs=0", ("final", "refresh"))):
+        if not all(final_val_loss(r) for r in finals if r.phase in needed_phases):
             continue
         subprocess.run([sys.executable, "scripts/compare.py", *run_dirs(runs), "--out",
                         os.path.join("results", name), "--group_by", group_by, "--baseline", baseline],
