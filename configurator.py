@@ -16,7 +16,8 @@ import types
 from dataclasses import dataclass
 from typing import Optional
 
-OPTIMIZER_NAMES = ("adamw", "sophiag", "sophiah", "lion")
+# signmomentum: Sophia-G's update with the Hessian never refreshed (sign descent with momentum), a control
+OPTIMIZER_NAMES = ("adamw", "sophiag", "sophiah", "lion", "signmomentum")
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Config:
     batch_size: int = 12  # micro-batch per process, in sequences
     block_size: int = 1024
     total_bs: int = 480  # global batch in sequences: accumulation = total_bs / (batch_size * processes)
+    # how micro-batch gradients add up: 'mean' = the gradient of the global batch's mean loss; 'sum' = each
+    # micro-batch's mean loss backpropagated undivided (the official train_adam.py; its train_sophiag.py
+    # divides), so the gradient is accumulation times larger before clipping
+    grad_accumulation: str = "mean"
     # model
     n_layer: int = 12
     n_head: int = 12
@@ -62,6 +67,7 @@ class Config:
     # 'train' = the first hess_total_bs sequences of the iteration's own batch, whose forward pass the
     # refresh shares: one extra backward (cheaper, and needs one more parameter-sized buffer)
     gnb_batch: str = "fresh"
+    hessian_bias_correction: bool = False  # Sophia: divide h by 1 - beta2^refreshes (not in the official code)
     # learning rate schedule: linear warmup, then cosine to min_lr at lr_decay_iters
     decay_lr: bool = True
     warmup_iters: int = 2000
@@ -82,6 +88,7 @@ CHOICES = {
     "init_from": ("scratch", "resume"),
     "dtype": ("bfloat16", "float32"),
     "gnb_batch": ("fresh", "train"),
+    "grad_accumulation": ("mean", "sum"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 POSITIVE = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size", "total_bs",

@@ -165,6 +165,18 @@ class GPT(nn.Module):
             for attn in attns:
                 attn.use_sdpa = True
 
+    def param_sets(self):
+        """The parameters by kind, each sorted by name (the official code's order): the embeddings
+        (token, tied to the output layer, and position), the 2-D weight matrices of the Linear layers,
+        and the rest (biases, LayerNorm weights). Diagnostics are reported per set."""
+        embeddings = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight)}
+        named = sorted(self.named_parameters())  # named_parameters lists the tied weight once
+        return {
+            "embedding": [p for _, p in named if id(p) in embeddings],
+            "matrices": [p for _, p in named if p.dim() >= 2 and id(p) not in embeddings],
+            "other": [p for _, p in named if p.dim() < 2],
+        }
+
     def optim_groups(self, weight_decay):
         """Two parameter groups: decay on the 2-D weight matrices of the Linear layers, none on biases,
         LayerNorm weights and the embeddings.
@@ -173,13 +185,11 @@ class GPT(nn.Module):
         nanoGPT code, it is treated as an embedding and not decayed. Within a group the parameters
         are sorted by name, the official code's order, so its optimizer state_dicts line up with ours.
         """
-        embeddings = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight)}
-        named = sorted(self.named_parameters())  # named_parameters lists the tied weight once
-        decay = [p for _, p in named if p.dim() >= 2 and id(p) not in embeddings]
-        no_decay = [p for _, p in named if p.dim() < 2 or id(p) in embeddings]
+        named = sorted(self.named_parameters())
+        sets = {id(p): kind for kind, params in self.param_sets().items() for p in params}
         return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [p for _, p in named if sets[id(p)] == "matrices"], "weight_decay": weight_decay},
+            {"params": [p for _, p in named if sets[id(p)] != "matrices"], "weight_decay": 0.0},
         ]
 
     def flops_per_token(self):

@@ -11,7 +11,8 @@ zero at first:
                        m <- beta1 * m + (1 - beta1) * g
                        p <- p - lr * sign(m) * min(|m| / (rho * bs * max(h, 0) + 1e-15), 1)
 
-No bias correction. g_hat is the gradient of the mean cross-entropy of `bs` tokens against labels
+No bias correction (official); `bias_correction=True` is our deviation for experiments: the step then
+uses h / (1 - beta2^k) after k refreshes, as Adam corrects its second moment. g_hat is the gradient of the mean cross-entropy of `bs` tokens against labels
 sampled from the model itself, so bs * g_hat^2 is the GNB estimate of the diagonal of the
 Gauss-Newton matrix and rho is the paper's gamma. Until the first refresh h = 0 and the update is
 sign(m) (sign descent with momentum). Where h <= 0 (Hutchinson's estimate can be negative) the
@@ -172,7 +173,7 @@ class _ClippedSignOptimizer(Optimizer):
         defaults.setdefault("capturable", False)
         super().__init__(params, defaults)
         self.foreach, self.fused = foreach, fused
-        self._lr_tensors = {}
+        self._scalar_tensors = {}
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -210,19 +211,22 @@ class _ClippedSignOptimizer(Optimizer):
             return "fused"
         return "foreach" if (on_cuda if self.foreach is None else self.foreach) else "single"
 
+    changing = ("lr", "rho")  # hyperparameters that may change between steps (schedule, bias correction)
+
     def _apply(self, single, multi, *tensor_lists, **hyper):
-        """Run one update body on the tensor lists. For the fused body, lr becomes a reused 0-d device
-        tensor: a changing Python float would make torch.compile recompile every step."""
+        """Run one update body on the tensor lists. For the fused body, the `changing` hyperparameters
+        become reused 0-d device tensors: a changing Python float would make torch.compile recompile."""
         impl = self.implementation(tensor_lists[0])
         if impl == "single":
             return single(*tensor_lists, **hyper)
         if impl == "foreach":
             return multi(*tensor_lists, **hyper)
-        if "lr" in hyper:
-            device = tensor_lists[0][0].device
-            if device not in self._lr_tensors:
-                self._lr_tensors[device] = torch.zeros((), dtype=torch.float32, device=device)
-            hyper["lr"] = self._lr_tensors[device].fill_(hyper["lr"])
+        device = tensor_lists[0][0].device
+        for key in self.changing:
+            if key in hyper:
+                if (device, key) not in self._scalar_tensors:
+                    self._scalar_tensors[device, key] = torch.zeros((), dtype=torch.float32, device=device)
+                hyper[key] = self._scalar_tensors[device, key].fill_(hyper[key])
         return _fused(multi)(*tensor_lists, **hyper)
 
     @torch.no_grad()
@@ -242,23 +246,36 @@ class _ClippedSignOptimizer(Optimizer):
 class SophiaG(_ClippedSignOptimizer):
     """Sophia with the Gauss-Newton-Bartlett estimator, in the official code's parameterisation (see the
     module docstring). API-compatible with the official `SophiaG`: same constructor, `update_hessian()`,
-    `step(closure=None, bs=5120)`, state keys `step`, `exp_avg`, `hessian`.
+    `step(closure=None, bs=5120)`, state keys `step`, `exp_avg`, `hessian`. Each parameter group also
+    counts its refreshes in `hessian_updates`.
 
     `foreach`/`fused` pick the implementation (default: fused on CUDA, single-tensor elsewhere).
+    `bias_correction` (not in the official code) divides h by 1 - beta2^refreshes in the step.
     """
 
     state_keys = ("exp_avg", "hessian")
     default_bs = 5120
 
     def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=1e-1, *,
-                 maximize=False, capturable=False, foreach=None, fused=None):
+                 bias_correction=False, maximize=False, capturable=False, foreach=None, fused=None):
         if not 0.0 <= rho:
             raise ValueError(f"Invalid rho value: {rho}")
-        defaults = dict(lr=lr, betas=betas, rho=rho, weight_decay=weight_decay,
+        defaults = dict(lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, bias_correction=bias_correction,
                         maximize=maximize, capturable=capturable)
         super().__init__(params, defaults, foreach=foreach, fused=fused)
 
     hessian_update = (_single_tensor_ema_square, _multi_tensor_ema_square)
+
+    @staticmethod
+    def hessian_ema_weight(group):
+        """1 - beta2^k after k refreshes: the weight the EMA has given to estimates so far (it starts
+        at h = 0, so the rest of its weight is on that zero)."""
+        return 1 - group["betas"][1] ** group.get("hessian_updates", 0)
+
+    def effective_rho(self, group):
+        """rho, or with bias correction rho / (1 - beta2^k): the same as dividing h by that weight."""
+        weight = self.hessian_ema_weight(group)
+        return group["rho"] / weight if group.get("bias_correction") and weight > 0 else group["rho"]
 
     @torch.no_grad()
     def update_hessian(self):
@@ -267,6 +284,7 @@ class SophiaG(_ClippedSignOptimizer):
             params, grads = self._init_group(group)
             if params:
                 self._apply(*self.hessian_update, self._state(params, "hessian"), grads, beta2=group["betas"][1])
+                group["hessian_updates"] = group.get("hessian_updates", 0) + 1
 
     def step(self, closure=None, bs=None):
         """One update. `bs`: the number of tokens whose mean loss produced the Hessian estimate
@@ -276,36 +294,45 @@ class SophiaG(_ClippedSignOptimizer):
         def update(group, params, grads):
             self._apply(_single_tensor_sophiag, _multi_tensor_sophiag,
                         params, grads, self._state(params, "exp_avg"), self._state(params, "hessian"),
-                        lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
+                        lr=group["lr"], beta1=group["betas"][0], rho=self.effective_rho(group),
                         weight_decay=group["weight_decay"], bs=bs)
 
         return self._run_step(closure, update)
 
     @torch.no_grad()
-    def diagnostics(self, bs=None):
-        """Device tensors (no host sync) for logging: `win_rate` (fraction of coordinates with
-        |m| < rho * bs * h, i.e. not clipped: the official metric), `hessian_norm` (sum of |h|, the
-        official L1 norm), `momentum_norm` and `param_norm` (L2)."""
+    def diagnostics(self, bs=None, param_sets=None):
+        """Device tensors (no host sync) for logging: `train/win_rate` (fraction of coordinates with
+        |m| < rho * bs * h, i.e. not clipped: the official metric), the same over each named set of
+        parameters in `param_sets` ({name: [params]}) as `train/win_rate/<name>`, `hessian_norm` (sum of
+        |h|, the official L1 norm), `momentum_norm` (L2) and `hessian_ema_weight` (1 - beta2^refreshes,
+        of the first group)."""
         bs = self.default_bs if bs is None else bs
-        unclipped, count, h_l1, m_sq, p_sq = [], 0, [], [], []
+        unclipped, h_l1, m_sq = {}, [], []
         for group in self.param_groups:
             params = [p for p in group["params"] if "hessian" in self.state.get(p, {})]
             if not params:
                 continue
             m = [self.state[p]["exp_avg"] for p in params]
             h = [self.state[p]["hessian"] for p in params]
-            unclipped += [(mi.abs() < group["rho"] * bs * hi).sum() for mi, hi in zip(m, h)]
-            count += sum(p.numel() for p in params)
+            threshold = self.effective_rho(group) * bs
+            unclipped.update({p: (mi.abs() < threshold * hi).sum() for p, mi, hi in zip(params, m, h)})
             h_l1 += torch._foreach_norm(h, 1)
             m_sq += [n.square() for n in torch._foreach_norm(m)]
-            p_sq += [n.square() for n in torch._foreach_norm(params)]
-        if not count:
+        if not unclipped:
             return {}
+
+        def win_rate(params):
+            params = [p for p in params if p in unclipped]
+            return torch.stack([unclipped[p] for p in params]).sum() / sum(p.numel() for p in params)
+
+        sets = {f"train/win_rate/{name}": win_rate(params) for name, params in (param_sets or {}).items()
+                if any(p in unclipped for p in params)}
         return {
-            "train/win_rate": torch.stack(unclipped).sum() / count,
+            "train/win_rate": win_rate(unclipped),
+            **sets,
             "hessian_norm": torch.stack(h_l1).sum(),
             "momentum_norm": torch.stack(m_sq).sum().sqrt(),
-            "param_norm": torch.stack(p_sq).sum().sqrt(),
+            "hessian_ema_weight": torch.tensor(self.hessian_ema_weight(self.param_groups[0])),
         }
 
 

@@ -20,6 +20,7 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from configurator import ConfigError, load_config
+from configurator import OPTIMIZER_NAMES, ConfigError, load_config
 from data.tokens import DatasetError, check_tokens, open_split
 from metrics import MetricsLog
 from model import GPT, GPTConfig
@@ -84,6 +85,30 @@ def seeded(seed, device="cpu"):
 def synchronize(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def compile_seconds():
+    """Seconds torch.compile has spent compiling in this process so far: frames, and the backward graphs
+    it compiles lazily at their first use (0 where this torch does not count them)."""
+    spent = getattr(torch._dynamo.utils, "cumulative_time_spent_ns", {})
+    return (spent.get("entire_frame_compile", 0) + spent.get("entire_backward_compile", 0)) / 1e9
+
+
+class Stopwatch:
+    """Training time: wall-clock seconds, less the time torch.compile spent compiling meanwhile (so the
+    first iterations, and the first refresh, are charged only for running)."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self):
+        self.start, self.compiled_at_start = time.perf_counter(), compile_seconds()
+
+    def lap(self):
+        """Seconds since the last (re)start, compilation excluded; restarts."""
+        seconds = time.perf_counter() - self.start - (compile_seconds() - self.compiled_at_start)
+        self.restart()
+        return seconds
 
 
 # ----------------------------------------------------------------------------- data
@@ -160,14 +185,41 @@ def get_lr(it, cfg):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def build_optimizer(cfg, model, cuda):
-    groups = model.optim_groups(cfg.weight_decay)
-    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
-    if cfg.optimizer_name == "adamw":
-        return torch.optim.AdamW(groups, fused=cuda, **kwargs)
-    if cfg.optimizer_name == "lion":
-        return Lion(groups, **kwargs)
-    return {"sophiag": SophiaG, "sophiah": SophiaH}[cfg.optimizer_name](groups, rho=cfg.rho, **kwargs)
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What an optimizer's name decides: how to build it from the config, and which Hessian refresh
+    (if any) follows its step every hess_interval iterations."""
+    build: Callable  # (param groups, cfg, cuda) -> torch.optim.Optimizer
+    refresh: Optional[str] = None  # 'gnb' (Sophia-G), 'hutchinson' (Sophia-H) or None
+
+
+def sophia(cls):
+    return lambda groups, cfg, cuda: cls(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), rho=cfg.rho,
+                                         bias_correction=cfg.hessian_bias_correction)
+
+
+OPTIMIZERS = {
+    "adamw": OptimizerSpec(lambda groups, cfg, cuda: torch.optim.AdamW(
+        groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=cuda)),
+    "lion": OptimizerSpec(lambda groups, cfg, cuda: Lion(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))),
+    "sophiag": OptimizerSpec(sophia(SophiaG), refresh="gnb"),
+    "sophiah": OptimizerSpec(sophia(SophiaH), refresh="hutchinson"),
+    # the control for Sophia-G's Hessian: its update with h never refreshed (h = 0 clips every coordinate),
+    # i.e. sign descent with momentum beta1 and the same decoupled weight decay
+    "signmomentum": OptimizerSpec(sophia(SophiaG)),
+}
+assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES)
+
+
+@torch.no_grad()
+def l2_norm(tensors):
+    """The L2 norm of a list of tensors taken as one vector (a device scalar)."""
+    return torch.nn.utils.get_total_norm(tensors)
+
+
+def rms(tensors):
+    """Root mean square over all elements of a list of tensors (a device scalar)."""
+    return l2_norm(tensors) / math.sqrt(sum(t.numel() for t in tensors))
 
 
 def data_loss(model, X, Y):
@@ -179,18 +231,21 @@ def sampled_loss(model, X):
     return sampled_cross_entropy(model(X)[0])
 
 
-def accumulate_gradients(model, micro_batches, loss_fn, ctx):
+def accumulate_gradients(model, micro_batches, loss_fn, ctx, reduction="mean"):
     """Backpropagate the mean of `loss_fn(model, X, Y)` over the micro-batches [(X, Y), ...], so p.grad
     holds the gradient of the global batch's mean loss; DDP synchronises gradients on the last
-    micro-step only. Returns the mean loss as a device tensor (no host sync)."""
+    micro-step only. reduction='sum' backpropagates each micro-batch's loss undivided (the official
+    train_adam.py), so p.grad is the sum over micro-steps. Returns the mean loss as a device tensor
+    (no host sync)."""
     n = len(micro_batches)
+    scale = 1 / n if reduction == "mean" else 1
     total = 0.0
     for i, (X, Y) in enumerate(micro_batches):
         sync = model.no_sync() if isinstance(model, DDP) and i < n - 1 else nullcontext()
         with sync:
             with ctx:
                 loss = loss_fn(model, X, Y)
-            (loss / n).backward()
+            (loss * scale).backward()
         total += loss.detach()
     return total / n
 
@@ -227,15 +282,17 @@ class Trainer:
         self.train_data = Batches(data_dir, "train", cfg, dist, vocab)
         self.val_data = Batches(data_dir, "val", cfg, dist, vocab)
 
-        self.optimizer = build_optimizer(cfg, self.model, cuda=self.device_type == "cuda")
-        self.refresh = {"sophiag": self.refresh_gnb, "sophiah": self.refresh_hutchinson}.get(cfg.optimizer_name)
-        # Sophia's step needs the number of tokens behind its Hessian estimate (Hutchinson: 1, see sophia.py)
-        self.step_kwargs = {"sophiag": {"bs": self.hess_total_bs * cfg.block_size},
-                            "sophiah": {"bs": 1}}.get(cfg.optimizer_name, {})
+        spec = OPTIMIZERS[cfg.optimizer_name]
+        self.optimizer = spec.build(self.model.optim_groups(cfg.weight_decay), cfg, self.device_type == "cuda")
+        self.refresh = {"gnb": self.refresh_gnb, "hutchinson": self.refresh_hutchinson}.get(spec.refresh)
+        # Sophia-G's step needs the number of tokens behind its Hessian estimate (Sophia-H's is 1, its default)
+        self.step_kwargs = {"bs": self.hess_total_bs * cfg.block_size} if spec.refresh == "gnb" else {}
 
         self.iter_num, self.best_val_loss, self.train_time = 0, float("inf"), 0.0
         self.gnb_gradient = None  # gnb_batch='train': g_hat between the iteration's backward and the refresh
         self.clip_count = torch.zeros((), device=dist.device)
+        self.grad_norm_sum = torch.zeros((), device=dist.device)  # since the last log line
+        self.update_rms = None  # of the last iteration before a log line (see train_iteration)
         self.wandb_run_id = None
         if cfg.init_from == "resume":
             self.load_state(load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")))
@@ -262,12 +319,17 @@ class Trainer:
             group["lr"] = lr
 
     def clip_gradients(self):
+        """Clip the gradient's global norm at grad_clip (if set); returns the norm before clipping."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if self.cfg.grad_clip:
-            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, norm)
+        return norm
 
     def train_iteration(self):
         """One optimizer step on the next global batch, then the Hessian refresh when it is due.
-        Returns the batch's mean loss as a device tensor."""
+        Returns the batch's mean loss as a device tensor. The iteration before each log line also
+        measures the RMS of the change it makes to the parameters (update_rms)."""
         self.set_lr()
         refresh_due = self.refresh and (self.iter_num + 1) % self.cfg.hess_interval == 0
         loss_fn = data_loss
@@ -275,11 +337,19 @@ class Trainer:
             loss_fn = self.data_loss_and_gnb_gradient()
         with self.compile_settings:
             loss = accumulate_gradients(self.ddp_model, self.train_data.next_batch(self.cfg.total_bs), loss_fn,
-                                        self.ctx)
+                                        self.ctx, self.cfg.grad_accumulation)
         grad_norm = self.clip_gradients()
-        if grad_norm is not None:
+        self.grad_norm_sum += grad_norm
+        if self.cfg.grad_clip:
             self.clip_count += grad_norm > self.cfg.grad_clip
-        self.optimizer.step(**self.step_kwargs)
+        with torch.no_grad():
+            params = list(self.model.parameters())
+            logged_next = (self.iter_num + 1) % self.cfg.log_interval == 0
+            before = [p.clone() for p in params] if logged_next else None
+            self.optimizer.step(**self.step_kwargs)
+            if logged_next:
+                torch._foreach_sub_(before, params)  # minus the change: one buffer, not two
+                self.update_rms = rms(before)
         self.optimizer.zero_grad(set_to_none=True)
         self.iter_num += 1
         if refresh_due:
@@ -456,7 +526,8 @@ class Trainer:
         return value.item()
 
     def log_record(self, loss, n_iters, dt):
-        """The record logged every log_interval iterations (one host sync, here)."""
+        """The record logged every log_interval iterations (one host sync, here): `loss` and `grad_norm`
+        are means over the n_iters iterations since the last one, which took dt seconds."""
         tokens_per_s = self.tokens_per_iter * n_iters / dt
         record = {
             "iter": self.iter_num,
@@ -469,9 +540,14 @@ class Trainer:
             "ms_per_iter": 1000 * dt / n_iters,
             "tokens_per_s": tokens_per_s,
             "train/clip_rate": self.clip_count.item() / self.iter_num,
+            "grad_norm": self.grad_norm_sum.item() / n_iters,
+            "param_norm": l2_norm(list(self.model.parameters())).item(),
         }
+        if self.update_rms is not None:
+            record["update_rms"] = self.update_rms.item()
+        self.grad_norm_sum.zero_()
         if hasattr(self.optimizer, "diagnostics"):
-            diagnostics = self.optimizer.diagnostics(**self.step_kwargs)
+            diagnostics = self.optimizer.diagnostics(**self.step_kwargs, param_sets=self.model.param_sets())
             record.update({k: v.item() for k, v in diagnostics.items()})
         return record
 
@@ -530,13 +606,13 @@ def main(argv=None):
                  f"lower learning_rate or stronger grad_clip")
 
     loss_sum, iters_since_log, time_at_log = 0.0, 0, trainer.train_time
-    clock = time.perf_counter()
+    clock = Stopwatch()
     saved_at = trainer.iter_num if cfg.init_from == "resume" else None
     while True:
         it = trainer.iter_num
         if it % cfg.eval_interval == 0 or it == cfg.max_iters or cfg.eval_only:
             synchronize(dist.device)
-            trainer.train_time += time.perf_counter() - clock
+            trainer.train_time += clock.lap()
             losses = trainer.evaluate()
             check_finite(losses["val"], "the validation loss")
             if log:
@@ -549,7 +625,7 @@ def main(argv=None):
             if it > 0 and saved_at != it and due and (improved or cfg.always_save_checkpoint) and not cfg.eval_only:
                 trainer.save()
                 saved_at = it
-            clock = time.perf_counter()
+            clock.restart()
         if it >= cfg.max_iters or cfg.eval_only:
             break
 
@@ -558,8 +634,7 @@ def main(argv=None):
         if trainer.iter_num % cfg.log_interval == 0:
             loss = trainer.global_mean(loss_sum / iters_since_log)  # the loop's only regular host sync
             check_finite(loss, "the training loss")
-            trainer.train_time += time.perf_counter() - clock
-            clock = time.perf_counter()
+            trainer.train_time += clock.lap()
             record = trainer.log_record(loss, iters_since_log, trainer.train_time - time_at_log)
             if log:
                 log.write(record)
@@ -575,7 +650,7 @@ def main(argv=None):
 
     if saved_at != trainer.iter_num and not cfg.eval_only:
         synchronize(dist.device)
-        trainer.train_time += time.perf_counter() - clock
+        trainer.train_time += clock.lap()
         trainer.save()
     if log:
         log.close()

@@ -336,6 +336,77 @@ def schedule_speedup(lengths, final_loss, max_iters):
     return length, length / max_iters, "="
 
 
+# ----------------------------------------------------------------------------- the decision rule
+
+# Stated before the final runs of the tuned protocol (README, "The decision rule"), on the schedule-matched
+# step speedup S and its 95% interval [low, high] over seeds:
+REPRODUCES = 1.5  # low >= 1.5: "reproduces the 2x claim at this scale"
+GAIN = 1.1  # high < 1.1: "no gain"; low >= 1.1 and high < 1.5: "a smaller gain"; else "inconclusive"
+LEVEL = 0.95
+RESAMPLES = 10_000
+
+
+def verdict(low, high):
+    """The verdict on the 2x claim from the interval [low, high] of the schedule-matched speedup."""
+    if low >= REPRODUCES:
+        return "reproduces the 2x claim at this scale"
+    if high < GAIN:
+        return "no gain"
+    if low >= GAIN and high < REPRODUCES:
+        return "a smaller gain"
+    return "inconclusive"
+
+
+def schedule_speedup_of_means(baseline_finals, finals, max_iters):
+    """schedule_speedup on means over seeds: baseline_finals {length: [final losses]}, finals [final
+    losses at max_iters]. None when the baseline's mean losses do not fall with length."""
+    lengths = [(n, float(np.mean(losses))) for n, losses in sorted(baseline_finals.items())]
+    if np.any(np.diff([loss for _, loss in lengths]) >= 0):
+        return None
+    return schedule_speedup(lengths, float(np.mean(finals)), max_iters)
+
+
+def speedup_interval(baseline_finals, finals, max_iters, level=LEVEL, resamples=RESAMPLES, seed=0):
+    """The schedule-matched step speedup S = n* / max_iters (n*: the baseline length, interpolated in
+    log length, whose final loss equals the mean final loss of `finals`) and its percentile-bootstrap
+    interval: seeds are resampled with replacement within each baseline length and within `finals`.
+    S is only measured between the shortest and the longest baseline length (`limits`, as speedups):
+    outside, S is a bound (`relation` '<' or '>'), and resamples there count at the limit, so an
+    interval end at a limit means "at most" (the lower limit) or "at least" (the upper) that value.
+    Returns dict(point, relation, low, high, limits, dropped), where `dropped` counts resamples whose
+    baseline losses did not fall with length; None if the baseline's mean losses do not."""
+    measured = schedule_speedup_of_means(baseline_finals, finals, max_iters)
+    if measured is None:
+        return None
+    _, point, relation = measured
+    rng = np.random.default_rng(seed)
+    draws, dropped = [], 0
+    for _ in range(resamples):
+        resampled = {n: rng.choice(losses, len(losses)) for n, losses in baseline_finals.items()}
+        result = schedule_speedup_of_means(resampled, rng.choice(finals, len(finals)), max_iters)
+        if result is None:
+            dropped += 1
+        else:
+            draws.append(result[1])
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    limits = (min(baseline_finals) / max_iters, max(baseline_finals) / max_iters)
+    return dict(point=point, relation=relation, low=float(low), high=float(high), limits=limits, dropped=dropped)
+
+
+def fmt_speedup(value, limits):
+    """A speedup, marked as a bound where it sits at a limit of the measured range."""
+    mark = "≤" if np.isclose(value, limits[0]) else "≥" if np.isclose(value, limits[1]) else ""
+    return f"{mark}{value:.2f}x"
+
+
+def difference_interval(a, b, level=LEVEL, resamples=RESAMPLES, seed=0):
+    """mean(a) - mean(b) and its percentile-bootstrap interval (each sample resampled on its own)."""
+    rng = np.random.default_rng(seed)
+    draws = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(resamples)]
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(np.mean(a) - np.mean(b)), float(low), float(high)
+
+
 # ----------------------------------------------------------------------------- Markdown
 
 def fmt_steps(x):

@@ -180,6 +180,86 @@ def test_sophiag_matches_official_formula_over_random_steps(impl):
     assert clipped > 0.1 * total and unclipped > 0.1 * total, (clipped, unclipped)  # both regimes exercised
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sophiag_bias_correction_is_the_official_step_with_rho_over_the_ema_weight(impl):
+    """bias_correction=True: exactly the official update (float64 transcription) with rho replaced by
+    rho / (1 - beta2^k), k = the number of update_hessian() calls in which the group had estimates
+    (k = 0: rho as is). 30 random steps, refresh every 3; the second group has no estimates at the
+    refresh before step 6, so its k lags the others'; the third group sets bias_correction=False and
+    takes the official step. Each group's `hessian_updates` and hessian_ema_weight follow k, and the
+    diagnostics' win rate uses the corrected threshold. The correction matters: it changes the ratio of
+    a large share of coordinates (by up to 1 / (1 - 0.99) = 100x)."""
+    gen = torch.Generator().manual_seed(20)
+    shapes = [[(3, 4), (5,)], [(2, 3)], [(7,), (1,)]]
+    hyper = [
+        dict(lr=0.01, betas=(0.965, 0.99), rho=0.04, weight_decay=0.1),
+        dict(lr=0.1, betas=(0.9, 0.95), rho=1.0, weight_decay=0.0, maximize=True),
+        dict(lr=0.003, betas=(0.5, 0.9), rho=0.01, weight_decay=0.5, bias_correction=False),
+    ]
+    groups = [dict(params=[torch.nn.Parameter(torch.randn(s, generator=gen, dtype=F64)) for s in ss], **h)
+              for ss, h in zip(shapes, hyper)]
+    opt = SophiaG(groups, bias_correction=True, **flags(impl))
+    assert [g["bias_correction"] for g in opt.param_groups] == [True, True, False]
+    bs = 64
+    params = [p for g in groups for p in g["params"]]
+    group_of = {id(p): i for i, g in enumerate(groups) for p in g["params"]}
+    ref = {id(p): dict(p=p.detach().clone(), m=torch.zeros_like(p), h=torch.zeros_like(p)) for p in params}
+    refreshes = [0, 0, 0]
+
+    def corrected_rho(group, k):
+        return group["rho"] / (1 - group["betas"][1] ** k) if group["bias_correction"] and k > 0 else group["rho"]
+
+    clipped = unclipped = changed = corrected = 0
+    for t in range(30):
+        if t % 3 == 0:
+            estimates = random_grads(params, gen, (-2, 0))
+            if t == 6:  # the second group sits this refresh out
+                estimates = [None if group_of[id(p)] == 1 else e for p, e in zip(params, estimates)]
+            hessian_refresh(opt, params, estimates)
+            for i in range(3):
+                refreshes[i] += any(e is not None for p, e in zip(params, estimates) if group_of[id(p)] == i)
+            for p, e in zip(params, estimates):
+                if e is not None:
+                    ref[id(p)]["h"] = official_update_hessian(ref[id(p)]["h"], e, hyper_of(groups, p)["betas"][1])
+            assert [g["hessian_updates"] for g in opt.param_groups] == refreshes
+            for g, k in zip(opt.param_groups, refreshes):
+                assert SophiaG.hessian_ema_weight(g) == pytest.approx(1 - g["betas"][1] ** k, rel=1e-15)
+        grads = random_grads(params, gen, (-4, 0))
+        set_grads(params, grads)
+        opt.step(bs=bs)
+        for p, g in zip(params, grads):
+            i = group_of[id(p)]
+            hp, r = groups[i], ref[id(p)]
+            rho = corrected_rho(hp, refreshes[i])
+            _, _, official_ratio = official_step(r["p"], r["m"], r["h"], g, lr=hp["lr"], beta1=hp["betas"][0],
+                                                 rho=hp["rho"], weight_decay=hp["weight_decay"], bs=bs,
+                                                 maximize=hp["maximize"])
+            r["p"], r["m"], ratio = official_step(r["p"], r["m"], r["h"], g, lr=hp["lr"], beta1=hp["betas"][0],
+                                                 rho=rho, weight_decay=hp["weight_decay"], bs=bs,
+                                                 maximize=hp["maximize"])
+            clipped += int((ratio == 1).sum())
+            unclipped += int((ratio < 1).sum())
+            if hp["bias_correction"]:
+                corrected += ratio.numel()
+                changed += int(((ratio - official_ratio).abs() > 1e-3 * official_ratio).sum())
+            torch.testing.assert_close(p.detach(), r["p"], rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(opt.state[p]["exp_avg"], r["m"], rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(opt.state[p]["hessian"], r["h"], rtol=1e-12, atol=1e-15)
+    assert refreshes == [10, 9, 10]
+    total = clipped + unclipped
+    assert clipped > 0.1 * total and unclipped > 0.1 * total, (clipped, unclipped)  # both regimes exercised
+    assert changed > 0.3 * corrected, (changed, corrected)
+
+    win = sum(int((ref[id(p)]["m"].abs() < corrected_rho(g, k) * bs * ref[id(p)]["h"]).sum())
+              for g, k in zip(groups, refreshes) for p in g["params"])
+    official_win = sum(int((ref[id(p)]["m"].abs() < g["rho"] * bs * ref[id(p)]["h"]).sum())
+                       for g in groups for p in g["params"])
+    assert win != official_win
+    d = opt.diagnostics(bs)
+    assert d["train/win_rate"].item() == pytest.approx(win / sum(p.numel() for p in params), rel=1e-6)
+    assert d["hessian_ema_weight"].item() == pytest.approx(1 - 0.99 ** 10, rel=1e-6)  # of the first group
+
+
 # ----------------------------------------------------------------------------- 2. bounds
 
 def make_optimizer(cls, params, impl, **kw):
@@ -397,13 +477,16 @@ def test_fused_agrees_with_single_and_does_not_recompile_per_lr():
     """fused=True (torch.compile of the foreach body) vs the single-tensor body, one group of two
     tiny tensors, 20 steps with a new lr every step: within 1e-6 relative (fp32; fused computes
     1 - lr * wd from a float32 lr tensor, the reference from a Python float), and only one graph per
-    update body (Hessian EMA, SophiaG step, Lion step) is compiled, not one per lr value."""
+    update body (Hessian EMA, SophiaG step, Lion step) is compiled, not one per lr value. The same
+    with bias_correction=True, whose rho changes at every refresh (rho / (1 - beta2^k)): it agrees with
+    the single-tensor body, differs from the uncorrected run, and compiles no further graph."""
     from torch._dynamo.utils import counters
 
-    def run(cls, impl):
+    def run(cls, impl, **kw):
         gen = torch.Generator().manual_seed(6)
         params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(3,), (2, 2)]]
-        kw = dict(rho=0.5) if cls is SophiaG else {}
+        if cls is SophiaG:
+            kw["rho"] = 0.5
         opt = cls(params, lr=0.05, betas=(0.9, 0.95), weight_decay=0.1, **kw, **flags(impl))
         assert opt.implementation(params) == impl
         for t in range(20):
@@ -415,12 +498,15 @@ def test_fused_agrees_with_single_and_does_not_recompile_per_lr():
         return params, opt
 
     graphs_before = counters["stats"]["unique_graphs"]
-    for cls in (SophiaG, Lion):
-        ref, _ = run(cls, "single")
-        fused, opt = run(cls, "fused")
+    for cls, kw in ((SophiaG, {}), (SophiaG, dict(bias_correction=True)), (Lion, {})):
+        ref, _ = run(cls, "single", **kw)
+        fused, opt = run(cls, "fused", **kw)
         for a, b in zip(fused, ref):
             torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-7)
         assert all(opt.state[p]["step"].item() == 20 for p in fused)
+        if kw:
+            uncorrected, _ = run(cls, "single")
+            assert (fused[0] - uncorrected[0]).abs().max() > 1e-3  # the correction mattered
     assert counters["stats"]["unique_graphs"] - graphs_before <= 3
 
 
@@ -474,10 +560,13 @@ def test_state_and_param_group_keys():
     assert set(Lion([param([1.0])]).param_groups[0]) >= {"lr", "betas", "weight_decay", "maximize"}
 
 
+@pytest.mark.parametrize("bias_correction", [False, True])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_state_dict_round_trip_is_bit_exact(impl):
+def test_state_dict_round_trip_is_bit_exact(impl, bias_correction):
     """Save after 6 steps (torch.save), load with torch.load(weights_only=True) into a fresh optimizer
-    built with other hyperparameters, continue 6 steps: identical to 12 uninterrupted steps."""
+    built with other hyperparameters, continue 6 steps: identical to 12 uninterrupted steps. Each group's
+    refresh count (`hessian_updates`, 2 at the save) is saved and restored: with bias_correction a count
+    restarted at 0 would change rho / (1 - beta2^k) after the resume."""
     def batches(seed):
         gen = torch.Generator().manual_seed(seed)
         return [([torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)],
@@ -489,7 +578,7 @@ def test_state_dict_round_trip_is_bit_exact(impl):
 
     def make(params, **kw):
         groups = [dict(params=params[:1], weight_decay=0.2), dict(params=params[1:], weight_decay=0.0, rho=0.3)]
-        return SophiaG(groups, **kw, **flags(impl))
+        return SophiaG(groups, bias_correction=bias_correction, **kw, **flags(impl))
 
     def train(opt, params, data):
         for t, (g, e) in enumerate(data):
@@ -510,11 +599,15 @@ def test_state_dict_round_trip_is_bit_exact(impl):
     torch.save({"params": [p.detach() for p in first], "optimizer": opt.state_dict()}, buf)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
+    assert [g["hessian_updates"] for g in ckpt["optimizer"]["param_groups"]] == [2, 2]
     resumed = [torch.nn.Parameter(t.clone()) for t in ckpt["params"]]
     opt2 = make(resumed, lr=123.0, betas=(0.1, 0.2))  # overwritten by the loaded param_groups
     opt2.load_state_dict(ckpt["optimizer"])
     assert opt2.param_groups[0]["lr"] == 0.01
+    assert [g["hessian_updates"] for g in opt2.param_groups] == [2, 2]
     train(opt2, resumed, data[6:])
+    assert [g["hessian_updates"] for g in opt2.param_groups] == [g["hessian_updates"] for g in straight.param_groups] \
+        == [4, 4]
     for a, b in zip(resumed, params):
         assert torch.equal(a, b)
     for a, b in zip(resumed, params):
@@ -589,37 +682,62 @@ def test_implementation_choice():
 
 def test_diagnostics_by_hand():
     """win_rate = fraction of coordinates with |m| < rho * bs * h (strictly: m = h = 0 counts as
-    clipped), over the params that have state; norms as stated; all 0-d tensors."""
+    clipped), over the params that have state, overall and per named set of `param_sets` (a set counts
+    only its params that have state; a set with none is left out); norms as stated;
+    hessian_ema_weight = 1 - beta2^(refreshes so far); all 0-d tensors."""
     gen = torch.Generator().manual_seed(10)
     a, b, c, zero = (torch.nn.Parameter(torch.randn(s, generator=gen, dtype=F64)) for s in [(5, 4), (6,), (3,), (4,)])
     never = torch.nn.Parameter(torch.randn(2, dtype=F64))  # never has a gradient: no state, not counted
     opt = SophiaG([dict(params=[a, b, never], rho=0.05), dict(params=[c, zero], rho=0.5)], lr=0.01)
     rho = {a: 0.05, b: 0.05, c: 0.5, zero: 0.5}
     bs = 100
+    refreshes = 0
     for t in range(4):
         if t % 2 == 0:
             hessian_refresh(opt, [a, b, c, zero], [torch.randn(p.shape, generator=gen, dtype=F64) * (p is not zero)
                                                    for p in (a, b, c, zero)])
+            refreshes += 1
         set_grads([a, b, c, zero], [torch.randn(p.shape, generator=gen, dtype=F64) * (p is not zero)
                                     for p in (a, b, c, zero)])
         opt.step(bs=bs)
-    d = opt.diagnostics(bs)
+    assert refreshes == 2
+    # sets across the two groups, one holding the stateless param, one with nothing but it
+    sets = {"mixed": [a, c, never], "rest": [b, zero], "stateless": [never]}
+    d = opt.diagnostics(bs, param_sets=sets)
 
     m = {p: opt.state[p]["exp_avg"] for p in rho}
     h = {p: opt.state[p]["hessian"] for p in rho}
     assert torch.all(m[zero] == 0) and torch.all(h[zero] == 0)
-    unclipped = sum(int((m[p].abs() < rho[p] * bs * h[p]).sum()) for p in rho)
-    win_rate = unclipped / (20 + 6 + 3 + 4)
-    assert 0 < win_rate < 1
-    assert set(d) == {"train/win_rate", "hessian_norm", "momentum_norm", "param_norm"}
+    unclipped = {p: int((m[p].abs() < rho[p] * bs * h[p]).sum()) for p in rho}
+    win_rate = sum(unclipped.values()) / (20 + 6 + 3 + 4)
+    mixed = (unclipped[a] + unclipped[c]) / (20 + 3)
+    rest = (unclipped[b] + unclipped[zero]) / (6 + 4)
+    assert 0 < win_rate < 1 and mixed != rest and mixed != win_rate and rest != win_rate
+    assert set(d) == {"train/win_rate", "train/win_rate/mixed", "train/win_rate/rest", "hessian_norm",
+                      "momentum_norm", "hessian_ema_weight"}
     assert all(torch.is_tensor(v) and v.dim() == 0 for v in d.values())
     assert d["train/win_rate"].item() == pytest.approx(win_rate, rel=1e-6)  # computed in float32
+    assert d["train/win_rate/mixed"].item() == pytest.approx(mixed, rel=1e-6)
+    assert d["train/win_rate/rest"].item() == pytest.approx(rest, rel=1e-6)
     assert d["hessian_norm"].item() == pytest.approx(sum(float(h[p].abs().sum()) for p in h), rel=1e-12)
     assert d["momentum_norm"].item() == pytest.approx(math.sqrt(sum(float((m[p] ** 2).sum()) for p in m)), rel=1e-12)
-    param_norm = math.sqrt(sum(float((p.detach() ** 2).sum()) for p in rho))
-    assert d["param_norm"].item() == pytest.approx(param_norm, rel=1e-12)
+    assert d["hessian_ema_weight"].item() == pytest.approx(1 - 0.99 ** 2, rel=1e-6)  # default beta2
+    assert set(opt.diagnostics(bs)) == set(d) - {"train/win_rate/mixed", "train/win_rate/rest"}  # no sets
     # the default bs (5120) leaves many more coordinates unclipped here
     assert opt.diagnostics()["train/win_rate"].item() > win_rate
+
+
+def test_diagnostics_before_any_refresh():
+    """No state yet: no diagnostics. After a step without a refresh: h = 0, so nothing is unclipped and
+    the EMA has given no weight to any estimate (hessian_ema_weight = 0)."""
+    p = param([1.0, -2.0, 3.0])
+    opt = SophiaG([p])
+    assert opt.diagnostics() == {}
+    set_grads([p], [[0.1, 0.2, -0.3]])
+    opt.step()
+    d = opt.diagnostics(param_sets={"all": [p]})
+    assert d["train/win_rate"].item() == d["train/win_rate/all"].item() == 0
+    assert d["hessian_norm"].item() == 0 and d["hessian_ema_weight"].item() == 0
 
 
 # ----------------------------------------------------------------------------- 8a. sampling

@@ -6,12 +6,14 @@ are the 50304 x 32 embedding) on a synthetic token file written into a temporary
 a handful of iterations. train.py reads `data/<dataset>` relative to the working directory, so in-process
 runs change into that folder's parent and subprocesses start there (with PYTHONPATH set to the repo).
 
-What is covered: configuration parsing and its one-line errors; the accumulation derived from total_bs;
-bit-exact resume (AdamW and Sophia-G, with dropout on, so the saved random state matters); checkpoints
-that survive a SIGKILL mid-write and one-line errors for damaged, missing or mismatched checkpoints;
-a clean stop on SIGTERM; DDP over gloo against a single process (losses, rank-0-only logging, identical
-Hessian EMAs on every rank); metrics.jsonl's records; the non-finite-loss stop; wandb in offline mode;
-and the learning-rate schedule.
+What is covered: configuration parsing and its one-line errors; the accumulation derived from total_bs,
+and grad_accumulation='sum'; bit-exact resume (AdamW and Sophia-G, with dropout on, so the saved random
+state matters); checkpoints that survive a SIGKILL mid-write and one-line errors for damaged, missing or
+mismatched checkpoints; a clean stop on SIGTERM; DDP over gloo against a single process (losses,
+rank-0-only logging, identical Hessian EMAs on every rank); metrics.jsonl's records and their
+diagnostics (grad_norm before clipping, param_norm, update_rms, Sophia's per-set win rates, a logged
+time that leaves out torch.compile's compilation); the sign-momentum control's update; the
+non-finite-loss stop; wandb in offline mode; and the learning-rate schedule.
 
 The machine these run on has two shared cores: each run is a few iterations of the tiny model with one
 intra-op thread, and the expensive runs (a straight 10-iteration run per optimizer) are made once per
@@ -338,6 +340,49 @@ def test_trainer_accumulates_micro_batches_from_total_bs(data_root, tmp_path, mo
         train.Trainer(*train.init_distributed(tiny_config(total_bs=7, batch_size=2, out_dir=str(tmp_path))))
 
 
+def make_trainer(data_root, tmp_path, monkeypatch, **overrides):
+    """A train.Trainer for TINY with `overrides`, reading data_root/data/tiny."""
+    monkeypatch.chdir(data_root)
+    return train.Trainer(*train.init_distributed(tiny_config(out_dir=str(tmp_path), **overrides)))
+
+
+def record_steps(trainer, monkeypatch):
+    """Wraps trainer.optimizer.step to record, at each call, the parameters before and after it and the
+    gradients it was given (after accumulation and clipping). Returns (the parameters, the records)."""
+    params, steps, step = list(trainer.model.parameters()), [], trainer.optimizer.step
+
+    def recording_step(*a, **kw):
+        before = [p.detach().clone() for p in params]
+        grads = [p.grad.clone() for p in params]
+        loss = step(*a, **kw)
+        steps.append(dict(before=before, grads=grads, after=[p.detach().clone() for p in params]))
+        return loss
+
+    monkeypatch.setattr(trainer.optimizer, "step", recording_step)
+    return params, steps
+
+
+def test_grad_accumulation_sum_gives_accumulation_times_the_mean_gradient(data_root, tmp_path, monkeypatch):
+    """4 micro-steps, no clipping: with grad_accumulation='sum' the gradient the optimizer gets (and the
+    grad_norm summed for the log) is 4 times that of 'mean' on the same batch from the same weights,
+    while the returned loss is the batch's mean loss in both."""
+    got = {}
+    for mode in ("mean", "sum"):
+        trainer = make_trainer(data_root, tmp_path / mode, monkeypatch, total_bs=8, batch_size=2, grad_clip=0.0,
+                               grad_accumulation=mode, optimizer_name="adamw")
+        assert trainer.accum == 4
+        _, steps = record_steps(trainer, monkeypatch)
+        loss = trainer.train_iteration()
+        got[mode] = dict(loss=loss.item(), grads=steps[0]["grads"], before=steps[0]["before"],
+                         grad_norm=trainer.grad_norm_sum.item())
+    mean, summed = got["mean"], got["sum"]
+    assert all(torch.equal(a, b) for a, b in zip(mean["before"], summed["before"]))  # the same starting weights
+    assert summed["loss"] == pytest.approx(mean["loss"], rel=1e-6)
+    for g_mean, g_sum in zip(mean["grads"], summed["grads"]):
+        torch.testing.assert_close(g_sum, 4 * g_mean, rtol=1e-5, atol=1e-10)
+    assert mean["grad_norm"] > 0 and summed["grad_norm"] == pytest.approx(4 * mean["grad_norm"], rel=1e-5)
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 1e-3])  # off, and on (this g_hat's norm is ~1e-2)
 def test_gnb_refresh_from_the_training_batch_matches_a_direct_computation(grad_clip, data_root, tmp_path,
                                                                             monkeypatch):
@@ -599,7 +644,9 @@ def test_ddp_matches_a_single_process(gnb_batch, data_root, tmp_path):
     catches a refresh that is summed instead of averaged over ranks, or that samples labels per rank.
     The parameters can differ more than the losses: Sophia's clipped, sign-like step turns a rounding-size
     difference in a coordinate whose momentum is near zero (or near the clipping threshold) into a
-    difference of up to 2 * lr. Measured: 4e-6; checked against 2 * lr (one flipped step).
+    difference of up to 2 * lr. Measured: 4e-6; checked against 2 * lr (one flipped step). The other
+    diagnostics (grad_norm, param_norm, update_rms) agree like the losses; the win rates per set of
+    parameters within one coordinate of the smallest set (its rate can flip one coordinate at the threshold).
     """
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
 
@@ -616,7 +663,9 @@ def test_ddp_matches_a_single_process(gnb_batch, data_root, tmp_path):
     config = read_metrics(ddp_out / "metrics.jsonl")[0]["config"]
     assert config["backend"] == "gloo" and config["total_bs"] == 8
 
-    train_keys = ["train/loss", "hessian_norm", "momentum_norm", "param_norm"]
+    train_keys = ["train/loss", "hessian_norm", "momentum_norm", "param_norm", "grad_norm", "update_rms"]
+    set_sizes = {name: sum(p.numel() for p in params)
+                 for name, params in checkpoint_model(single_out).param_sets().items()}
     for which, keys in (("train", train_keys), ("eval", ["val/loss", "eval/train_loss"])):
         ddp, single = records(ddp_out, which), records(single_out, which)
         assert sorted(ddp) == sorted(single) == (list(range(1, 9)) if which == "train" else [0, 4, 8])
@@ -624,9 +673,14 @@ def test_ddp_matches_a_single_process(gnb_batch, data_root, tmp_path):
             for key in keys:
                 assert ddp[it][key] == pytest.approx(single[it][key], rel=1e-4), f"{which} {key} at {it}"
             if which == "train":
+                assert set(ddp[it]) == set(single[it]) == TRAIN_KEYS | SOPHIA_KEYS
                 assert ddp[it]["tokens"] == single[it]["tokens"] == it * 8 * 32
                 assert ddp[it]["lr"] == single[it]["lr"]
+                assert ddp[it]["hessian_ema_weight"] == single[it]["hessian_ema_weight"]  # refreshes: 3, 6
                 assert ddp[it]["train/win_rate"] == pytest.approx(single[it]["train/win_rate"], abs=1e-3)
+                for name, size in set_sizes.items():  # a coordinate at the threshold may flip (other: 96)
+                    key = f"train/win_rate/{name}"
+                    assert ddp[it][key] == pytest.approx(single[it][key], abs=max(1e-3, 1.01 / size)), f"{key} at {it}"
 
     a, b = load_checkpoint(str(ddp_out / "ckpt.pt")), load_checkpoint(str(single_out / "ckpt.pt"))
     assert a["iter_num"] == b["iter_num"] == 8 and a["data_position"] == b["data_position"]
@@ -649,8 +703,41 @@ def test_ddp_hessian_ema_is_identical_on_every_rank(data_root, tmp_path):
 
 # ----------------------------------------------------------------------------- 7. metrics
 
-TRAIN_KEYS = {"iter", "tokens", "time", "train/loss", "lr", "mfu", "ms_per_iter", "tokens_per_s", "train/clip_rate"}
-SOPHIA_KEYS = {"train/win_rate", "hessian_norm", "momentum_norm", "param_norm"}
+TRAIN_KEYS = {"iter", "tokens", "time", "train/loss", "lr", "mfu", "ms_per_iter", "tokens_per_s", "train/clip_rate",
+              "grad_norm", "param_norm", "update_rms"}
+SOPHIA_KEYS = {"train/win_rate", "train/win_rate/embedding", "train/win_rate/matrices", "train/win_rate/other",
+               "hessian_norm", "momentum_norm", "hessian_ema_weight"}
+
+
+def checkpoint_model(out_dir):
+    """The GPT saved in out_dir/ckpt.pt."""
+    ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    model = train.GPT(train.GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def norm_of(tensors):
+    """L2 norm of tensors taken as one vector, summed in float64."""
+    return math.sqrt(sum(float(t.detach().double().square().sum()) for t in tensors))
+
+
+def check_common_train_records(train_records, resolved, model):
+    """What every optimizer's records hold (log_interval=1, warmup from lr 0): grad_norm is positive, and
+    exceeds grad_clip exactly at the iterations counted as clipped; update_rms is 0 for the first step
+    (its lr is 0) and positive after; the last record's param_norm is the norm of the weights saved with it
+    (`model`, the tied embedding counted once)."""
+    assert resolved.log_interval == 1 and train.get_lr(0, resolved) == 0
+    clipped = 0
+    for it in sorted(train_records):
+        r = train_records[it]
+        assert math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0
+        clipped += r["grad_norm"] > resolved.grad_clip
+        assert r["train/clip_rate"] * it == pytest.approx(clipped)
+        assert math.isfinite(r["update_rms"]) and (r["update_rms"] == 0) == (it == 1)
+        assert r["param_norm"] > 0
+    last = train_records[max(train_records)]
+    assert last["param_norm"] == pytest.approx(norm_of(model.parameters()), rel=1e-4)  # float32 sums: 2e-5
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sophiag"])
@@ -665,6 +752,14 @@ def test_metrics_records(optimizer, straight_run):
 
     train_records, eval_records = records(out, "train"), records(out, "eval")
     assert sorted(train_records) == list(range(1, STRAIGHT_ITERS + 1))
+    model = checkpoint_model(out)  # saved at iteration 10
+    sizes = {name: sum(p.numel() for p in params) for name, params in model.param_sets().items()}
+    named = dict(model.named_parameters())  # the tied embedding once, as transformer.wte.weight
+    assert sizes == {  # the win rates' sets: embeddings, the Linear layers' matrices, the rest (LayerNorm weights)
+        "embedding": named["transformer.wte.weight"].numel() + named["transformer.wpe.weight"].numel(),
+        "matrices": sum(p.numel() for name, p in named.items() if p.dim() == 2 and ".h." in name),
+        "other": sum(p.numel() for p in named.values() if p.dim() == 1),
+    }
     for it, r in train_records.items():
         assert set(r) == TRAIN_KEYS | (SOPHIA_KEYS if optimizer == "sophiag" else set())
         assert r["tokens"] == it * resolved.total_bs * resolved.block_size
@@ -672,8 +767,16 @@ def test_metrics_records(optimizer, straight_run):
         assert math.isfinite(r["train/loss"]) and 0 < r["mfu"] < 1 and 0 <= r["train/clip_rate"] <= 1
         if optimizer == "sophiag":
             assert 0 <= r["train/win_rate"] <= 1 and r["hessian_norm"] >= 0
+            # refreshes after iterations 3, 6 and 9
+            assert r["hessian_ema_weight"] == pytest.approx(1 - resolved.beta2 ** (it // 3), rel=1e-6)
+            # the overall win rate is the per-set ones weighted by their sizes (every parameter in one set)
+            by_set = sum(r[f"train/win_rate/{name}"] * n for name, n in sizes.items()) / sum(sizes.values())
+            assert r["train/win_rate"] == pytest.approx(by_set, rel=1e-5, abs=1e-7)
+    check_common_train_records(train_records, resolved, model)
     if optimizer == "sophiag":  # zero until the first refresh (after iteration 3), positive after
         assert train_records[2]["hessian_norm"] == 0 and train_records[3]["hessian_norm"] > 0
+        assert sum(sizes.values()) == model.num_params(non_embedding=False)
+        assert any(train_records[STRAIGHT_ITERS][f"train/win_rate/{name}"] > 0 for name in sizes)
     times = [r["time"] for r in lines[1:]]
     assert times == sorted(times)  # training time never goes backwards
 
@@ -683,6 +786,170 @@ def test_metrics_records(optimizer, straight_run):
         assert r["tokens"] == it * resolved.total_bs * resolved.block_size
     # the run learned something on the structured tokens
     assert eval_records[10]["val/loss"] < eval_records[0]["val/loss"]
+
+
+def test_hessian_bias_correction_reaches_sophia(data_root, tmp_path, monkeypatch):
+    """hessian_bias_correction is passed to Sophia-G and Sophia-H (every group); off by default."""
+    for optimizer in ("sophiag", "sophiah"):
+        for value in (False, True):
+            overrides = dict(hessian_bias_correction=True) if value else {}
+            trainer = make_trainer(data_root, tmp_path, monkeypatch, optimizer_name=optimizer, **overrides)
+            assert [g["bias_correction"] for g in trainer.optimizer.param_groups] == [value, value], optimizer
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sophiag"])
+def test_update_rms_is_the_rms_change_of_the_parameters_in_the_logged_iteration(optimizer, data_root, tmp_path,
+                                                                               monkeypatch):
+    """log_interval=2: after the second iteration (the one before the log line) update_rms is the RMS,
+    over all parameter elements (the tied embedding once), of the change that iteration made to the
+    weights, computed here in float64 from the weights before and after it. The weight decay (huge here,
+    lr * wd = 0.2, so that it is a visible part of the change) is included; the change over both
+    iterations is not what is reported. For Sophia-G a refresh follows each step (hess_interval=1), so the
+    second step is clipped by a Hessian. Tolerance: torch's float32 norm of the 1.6M-element embedding
+    change is 7e-4 low here (accumulation error; measured), well below the differences checked."""
+    trainer = make_trainer(data_root, tmp_path, monkeypatch, optimizer_name=optimizer, log_interval=2,
+                           warmup_iters=0, hess_interval=1, weight_decay=200.0)
+    params = list(trainer.model.parameters())
+    weights = [[p.detach().clone() for p in params]]
+    for _ in range(2):
+        trainer.train_iteration()
+        weights.append([p.detach().clone() for p in params])
+    if optimizer == "sophiag":
+        assert trainer.optimizer.param_groups[0]["hessian_updates"] == 2
+
+    def rms_change(a, b):
+        n = sum(p.numel() for p in params)
+        assert n == trainer.model.num_params(non_embedding=False)
+        return math.sqrt(sum(float((y.double() - x.double()).square().sum()) for x, y in zip(a, b)) / n)
+
+    expected = rms_change(weights[1], weights[2])
+    assert trainer.update_rms.item() == pytest.approx(expected, rel=2e-3)
+    first = rms_change(weights[0], weights[1])
+    assert abs(first / expected - 1) > 5e-3, (first, expected)  # the first iteration's is another number
+    assert rms_change(weights[0], weights[2]) > 1.3 * expected  # and so is the two iterations' change
+    decayed = {id(p) for p in trainer.model.param_sets()["matrices"]}
+    lr_wd = train.get_lr(1, trainer.cfg) * trainer.cfg.weight_decay
+    without_decay = [y + (x * lr_wd if id(p) in decayed else 0) for p, x, y in zip(params, weights[1], weights[2])]
+    assert abs(rms_change(weights[1], without_decay) / expected - 1) > 2e-2  # the decay is a visible part
+    assert trainer.log_record(1.0, 2, 1.0)["update_rms"] == trainer.update_rms.item()
+
+
+def test_grad_norm_is_the_mean_norm_before_clipping(data_root, tmp_path, monkeypatch):
+    """grad_clip=1e-6 clips every iteration (clip_rate 1); the logged grad_norm is the mean, over the
+    iterations since the last log line (two), of the global norm of the gradient before clipping: computed
+    here by hand from the same batches (a second reader of the training data) at each iteration's weights.
+    Two log lines: the second does not carry the first one's iterations."""
+    trainer = make_trainer(data_root, tmp_path, monkeypatch, optimizer_name="adamw", log_interval=2,
+                           warmup_iters=0, grad_clip=1e-6)
+    cfg = trainer.cfg
+    reader = train.Batches(os.path.join("data", cfg.dataset), "train", cfg, trainer.dist,
+                           trainer.model.config.vocab_size)
+    norms, logged = [], []
+    for it in range(4):
+        reference = train.GPT(trainer.model.config)
+        reference.load_state_dict(trainer.model.state_dict())
+        micro_batches = reader.next_batch(cfg.total_bs)
+        loss = sum(reference(X, Y)[1] for X, Y in micro_batches) / len(micro_batches)
+        norms.append(norm_of(torch.autograd.grad(loss, list(reference.parameters()))))
+        trainer.train_iteration()
+        if it % 2 == 1:
+            logged.append(trainer.log_record(1.0, 2, 1.0))
+    assert trainer.train_data.position == reader.position  # the same batches
+    assert min(norms) > 1e4 * cfg.grad_clip and logged[-1]["train/clip_rate"] == 1
+    assert abs(norms[3] - norms[2]) > 1e-3 * norms[3]  # the mean is not the last one
+    assert logged[0]["grad_norm"] == pytest.approx((norms[0] + norms[1]) / 2, rel=1e-4)
+    assert logged[1]["grad_norm"] == pytest.approx((norms[2] + norms[3]) / 2, rel=1e-4)
+
+
+def test_signmomentum_is_sign_descent_with_momentum_and_decoupled_weight_decay(data_root, tmp_path, monkeypatch):
+    """optimizer_name='signmomentum': never a Hessian refresh (with hess_interval=1 Sophia-G would refresh
+    after every iteration: h stays 0), and each step, from the gradient g the optimizer is given, is
+    m <- beta1 m + (1 - beta1) g (computed here independently), p <- p (1 - lr wd) - lr sign(m), with wd on
+    the weight matrices only and lr from the schedule: checked over 3 iterations."""
+    trainer = make_trainer(data_root, tmp_path, monkeypatch, optimizer_name="signmomentum", warmup_iters=0,
+                           hess_interval=1, grad_clip=0.0, weight_decay=2.0)
+    cfg = trainer.cfg
+    assert trainer.refresh is None
+    params, steps = record_steps(trainer, monkeypatch)
+    decayed = {id(p) for p in trainer.model.param_sets()["matrices"]}
+    assert decayed and len(decayed) < len(params)
+    momentum = [torch.zeros_like(p) for p in params]
+    for it in range(3):
+        trainer.train_iteration()
+        step, lr = steps[it], train.get_lr(it, cfg)
+        assert lr > 0
+        for i, p in enumerate(params):
+            state = trainer.optimizer.state[p]
+            assert torch.all(state["hessian"] == 0)
+            momentum[i] = cfg.beta1 * momentum[i] + (1 - cfg.beta1) * step["grads"][i]
+            torch.testing.assert_close(state["exp_avg"], momentum[i], rtol=1e-5, atol=1e-10)
+            wd = cfg.weight_decay if id(p) in decayed else 0.0
+            expected = step["before"][i] * (1 - lr * wd) - lr * state["exp_avg"].sign()
+            torch.testing.assert_close(step["after"][i], expected, rtol=1e-6, atol=1e-9)
+    assert sum(int((m != 0).sum()) for m in momentum) > 10_000  # sign steps were taken
+
+
+@pytest.mark.parametrize("optimizer", ["lion", "signmomentum"])
+def test_metrics_records_of_lion_and_signmomentum(optimizer, data_root, tmp_path):
+    """3-iteration runs: the records of Lion and sign momentum carry what every optimizer logs (grad_norm,
+    param_norm, update_rms: see check_common_train_records). Their steps move a coordinate by at most
+    lr (1 + wd |p|), so update_rms is at most that for the largest |p|. Sign momentum's records also carry
+    Sophia's diagnostics, for a Hessian that is never refreshed: zero, and every coordinate clipped."""
+    out = tmp_path / "out"
+    run_main(args(optimizer_name=optimizer, max_iters=3, eval_interval=1000, out_dir=out), data_root)
+    resolved = tiny_config(optimizer_name=optimizer, max_iters=3, eval_interval=1000, out_dir=str(out))
+    train_records = records(out, "train")
+    assert sorted(train_records) == [1, 2, 3]
+    model = checkpoint_model(out)
+    check_common_train_records(train_records, resolved, model)
+    largest = max(float(p.detach().abs().max()) for p in model.parameters()) + 3 * resolved.learning_rate  # in the run
+    for it, r in train_records.items():
+        assert set(r) == TRAIN_KEYS | (SOPHIA_KEYS if optimizer == "signmomentum" else set())
+        assert r["update_rms"] <= r["lr"] * (1 + resolved.weight_decay * largest)
+        if optimizer == "signmomentum":
+            assert r["hessian_norm"] == r["hessian_ema_weight"] == 0 and r["momentum_norm"] > 0
+            assert {r[key] for key in SOPHIA_KEYS if key.startswith("train/win_rate")} == {0}
+
+
+def test_logged_time_excludes_compilation(data_root, tmp_path, monkeypatch):
+    """compile=True on CPU. The first training iteration compiles the training graphs (forward and
+    backward; the evaluation at iteration 0 compiles its own, outside the training time), which takes
+    seconds. Its logged ms_per_iter is within 5x of the later iterations' median all the same, while the
+    wall-clock of that first log interval (measured here around train.Stopwatch) is many times longer:
+    the compilation it leaves out. A model shape no other test uses and a reset of torch.compile's caches
+    make sure the compilation happens in this run."""
+    laps = []
+
+    class RecordingStopwatch(train.Stopwatch):
+        def restart(self):
+            self.wall_start = time.perf_counter()
+            super().restart()
+
+        def lap(self):
+            wall = time.perf_counter() - self.wall_start
+            seconds = super().lap()
+            laps.append((wall, seconds))
+            return seconds
+
+    monkeypatch.setattr(train, "Stopwatch", RecordingStopwatch)
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # no compiled graphs from disk
+    torch._dynamo.reset()
+    out = tmp_path / "out"
+    run_main(args(compile=True, optimizer_name="adamw", n_embd=48, max_iters=6, eval_interval=1000, out_dir=out),
+             data_root)
+    train_records = records(out, "train")
+    assert sorted(train_records) == list(range(1, 7))
+    later = sorted(r["ms_per_iter"] for it, r in train_records.items() if it > 1)
+    median = later[len(later) // 2]
+    first = train_records[1]["ms_per_iter"]
+    # laps: up to the evaluation at 0, then one per log line (iterations 1 to 6), then up to the last
+    # evaluation; the first record's interval is the first two (the first is the loop's start: ~0 s)
+    assert len(laps) == 8
+    wall, logged = laps[0][0] + laps[1][0], laps[0][1] + laps[1][1]
+    assert logged * 1000 == pytest.approx(first)
+    measured = f"first interval: {1000 * wall:.0f} ms wall-clock, {first:.1f} ms logged; later median {median:.1f} ms"
+    assert first < 5 * median, measured
+    assert wall > 20 * median / 1000 and wall - logged > 1.0, measured  # seconds of compilation left out
 
 
 def test_non_finite_loss_stops_without_saving(straight_run, data_root, tmp_path, capsys):
