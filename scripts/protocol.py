@@ -58,7 +58,7 @@ FINAL_SEEDS = (2001, 2002, 2003)  # never used for tuning
 PAPER_CONFIGS = {"adamw": "adam", "sophiag": "sophia", "lion": "lion", "signmomentum": "sophia"}
 
 # The axes the tuning searches, in order, with their limits; the grids start in the middle of them.
-WARMUPS = (1 / 24, 1 / 12, 1 / 4, 1 / 2, 3 / 4)  # fraction of the run's length
+WARMUPS = (1 / 24, 1 / 12, 1 / 4, 1 / 2, 3 / 4, 7 / 8, 1)  # fraction of the run's length (1: no decay)
 RHOS = (0.003125, 0.0125, 0.05, 0.2, 0.8, 3.2)
 LR_LIMITS = (1e-5, 0.1)
 ADAMW_GRID = dict(lr=(5e-4, 1e-3, 2e-3), warmup=(1 / 12, 1 / 4, 1 / 2))
