@@ -279,15 +279,21 @@ def official_section(plan, losses):
             f"{protocol.OFFICIAL['batch_size']}, the same seeds; `grad_accumulation` 'mean' (ours) against 'sum' "
             "(the official train_adam.py). Clip rate: the fraction of steps whose gradient norm exceeded "
             "grad_clip = 1.0.", ""]
-    rows = []
+    rows, finals = [], {}
     for how in ("mean", "sum"):
         runs = [r for r in plan.runs if r.phase == "official" and dict(r.overrides)["grad_accumulation"] == how]
         clip = [last_of(r, "train/clip_rate") for r in runs if last_of(r, "train/clip_rate") is not None]
         norm = [np.median(series(r, "grad_norm")[1]) for r in runs if len(series(r, "grad_norm")[1])]
-        rows.append([how, mean_std(complete_losses(runs, losses)),
-                     f"{np.mean(clip):.3f}" if clip else "—", f"{np.mean(norm):.3g}" if norm else "—"])
-    return text + [compare.markdown_table(["gradient", "final val loss", "clip rate",
-                                           "median gradient norm (before clipping)"], rows), ""]
+        finals[how] = complete_losses(runs, losses)
+        rows.append([how, mean_std(finals[how]), f"{np.mean(clip):.3f}" if clip else "—",
+                     f"{np.mean(norm):.3g}" if norm else "—"])
+    text += [compare.markdown_table(["gradient", "final val loss", "clip rate",
+                                     "median gradient norm (before clipping)"], rows), ""]
+    if finals["mean"] and finals["sum"]:
+        diff, low, high = compare.difference_interval(finals["sum"], finals["mean"])
+        text += [f"'sum' minus 'mean', final val loss: {diff:+.4f} ({100 * compare.LEVEL:.0f}% interval "
+                 f"{low:+.4f} to {high:+.4f}).", ""]
+    return text
 
 
 def variants_section(plan, losses):
