@@ -12,10 +12,10 @@ zero at first:
                        p <- p - lr * sign(m) * min(|m| / (rho * bs * max(h, 0) + 1e-15), 1)
 
 No bias correction (official); `bias_correction=True` is our deviation for experiments: the step then
-uses h / (1 - beta2^k) after k refreshes, as Adam corrects its second moment. g_hat is the gradient of the mean cross-entropy of `bs` tokens against labels
-sampled from the model itself, so bs * g_hat^2 is the GNB estimate of the diagonal of the
-Gauss-Newton matrix and rho is the paper's gamma. Until the first refresh h = 0 and the update is
-sign(m) (sign descent with momentum). Where h <= 0 (Hutchinson's estimate can be negative) the
+uses h / (1 - beta2^k) after k refreshes, as Adam corrects its second moment. g_hat is the gradient of
+the mean cross-entropy of `bs` tokens against labels sampled from the model itself, so bs * g_hat^2 is
+the GNB estimate of the diagonal of the Gauss-Newton matrix and rho is the paper's gamma. Until the first
+refresh h = 0 and the update is sign(m) (sign descent with momentum). Where h <= 0 (Hutchinson's estimate can be negative) the
 denominator is the paper's max(rho * h, eps): the coordinate takes a sign step, never a reversed or
 huge one. The per-coordinate step is at most lr (plus the decay lr * weight_decay * |p|).
 

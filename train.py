@@ -194,6 +194,7 @@ class OptimizerSpec:
 
 
 def sophia(cls):
+    """A builder of a Sophia optimizer (SophiaG or SophiaH) from the config."""
     return lambda groups, cfg, cuda: cls(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), rho=cfg.rho,
                                          bias_correction=cfg.hessian_bias_correction)
 
