@@ -136,6 +136,8 @@ def local_search(runs, losses, axes):
     runs = list(runs)
     while all(r.name in losses for r in runs):
         best = min(runs, key=lambda r: losses[r.name])
+        if math.isinf(losses[best.name]):  # every run failed: nothing to tune from
+            return runs, None
         missing = [n for n in neighbours(best, axes) if n not in runs]
         if not missing:
             return runs, best
@@ -307,17 +309,17 @@ def run_protocol(budget, workers):
         future.set_result(execute(run, deadline))
         return future
 
-    started, compiled, running, out_of_time = set(), set(), {}, False
+    started, compiled, running, stopping = set(), set(), {}, False
     try:
         while True:
             todo = [r for r in make_plan(known_losses()).runs if final_loss(r.name) is None and r.name not in started]
-            while todo and len(running) < workers and not out_of_time:
+            while todo and len(running) < workers and not stopping:
                 run = todo.pop(0)
                 estimate = estimate_seconds(run, run.optimizer in compiled)
                 if time.time() + estimate > deadline:
                     print(f"== not starting {run.name}: needs ~{estimate:.0f} s, {deadline - time.time():.0f} s "
                           f"left", flush=True)
-                    out_of_time = True
+                    stopping = True
                     break
                 started.add(run.name)
                 compiled.add(run.optimizer)
@@ -327,7 +329,9 @@ def run_protocol(budget, workers):
             done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 running.pop(future)
-                future.result()  # an exception here is a bug of the protocol, not a failed run
+                run, completed = future.result()  # an exception here is a bug of the protocol, not a failed run
+                if not completed and final_loss(run.name) is None:  # stopped (deadline, Ctrl-C, SIGTERM)
+                    stopping = True
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)

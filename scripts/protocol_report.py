@@ -118,8 +118,9 @@ def heatmap(ax, runs, losses, x_axis, y_axis, title, win_rate=False):
         i, j = ys.index(getattr(r, y_axis)), xs.index(getattr(r, x_axis))
         loss = losses.get(r.name)
         text = fmt_loss(loss)
-        if win_rate and loss is not None:
-            text += f"\nwin {mean_of(r, 'train/win_rate'):.3f}"
+        win = mean_of(r, "train/win_rate") if win_rate else None
+        if win is not None:
+            text += f"\nwin {win:.3f}"
         ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if loss is None else "black",
                 bbox=dict(facecolor="white", alpha=0.6, lw=0) if loss is not None else None)
     if np.isfinite(grid).any():
@@ -186,9 +187,10 @@ def seconds_per_iter(runs):
     return float(np.mean(seconds)) if seconds else None
 
 
-def tokens_per_iter(run):
-    """Training tokens per iteration, counting the fresh batches of Sophia-G's Hessian refreshes."""
-    cfg = next(r["config"] for r in records(run) if "config" in r)
+def tokens_per_iter(runs):
+    """Training tokens per iteration of a group of runs (from the first that has a record), counting the
+    fresh batches of Sophia-G's Hessian refreshes."""
+    cfg = next(r["config"] for run in runs for r in records(run) if "config" in r)
     sequences = cfg["total_bs"]
     if cfg["optimizer_name"] == "sophiag" and cfg["gnb_batch"] == "fresh":
         sequences += (cfg["hess_total_bs"] or cfg["total_bs"]) / cfg["hess_interval"]
@@ -213,7 +215,7 @@ def speedup_section(plan, losses):
     if any(len(v) == 0 for v in adamw_lengths.values()):
         return text + ["Not computed yet: needs AdamW's final runs at T/2, T and 2T.", ""], None
     adamw_runs = [r for n in adamw_lengths for r in finals_of(plan, "adamw", n)]
-    adamw_spi, adamw_tokens = seconds_per_iter(adamw_runs), tokens_per_iter(adamw_runs[0])
+    adamw_spi, adamw_tokens = seconds_per_iter(adamw_runs), tokens_per_iter(adamw_runs)
     rows, sophia_result = [], None
     for optimizer in ("sophiag", "signmomentum", "lion"):
         for n in (T // 2, T):
@@ -226,7 +228,7 @@ def speedup_section(plan, losses):
                 continue
             spi = seconds_per_iter(runs)
             limits = s["limits"]
-            token = s["point"] * adamw_tokens / tokens_per_iter(runs[0])
+            token = s["point"] * adamw_tokens / tokens_per_iter(runs)
             wall = s["point"] * adamw_spi / spi if spi and adamw_spi else None
             rows.append([LABELS[optimizer], str(n), str(len(finals)), compare.fmt_speedup(s["point"], limits),
                          f"{compare.fmt_speedup(s['low'], limits)} – {compare.fmt_speedup(s['high'], limits)}",
@@ -398,6 +400,10 @@ def report():
     failed = [r.name for r in plan.runs if math.isinf(losses.get(r.name, 0))]
     if failed:
         text += ["Failed runs (counted as infinitely bad): " + ", ".join(failed) + ".", ""]
+    unplanned = sorted(set(losses) - {r.name for r in plan.runs})
+    if unplanned:
+        text += [f"Runs in {protocol.RESULTS}/ that the final plan does not contain (made while an earlier plan "
+                 "held them, e.g. before an axis was extended; not used here): " + ", ".join(unplanned) + ".", ""]
     text += tuning_sections(plan, losses)
     speedup, _ = speedup_section(plan, losses)
     text += speedup + hessian_section(plan, losses) + official_section(plan, losses) + variants_section(plan, losses)

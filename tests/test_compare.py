@@ -255,3 +255,143 @@ def test_command_line_error_is_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr == f"error: no metrics.jsonl under {tmp_path / 'out-x'}; pass a run's out_dir, its " \
                             f"metrics.jsonl, or a glob such as 'results/protocol/*'\n"
+
+
+# ----------------------------------------------------------------------------- the decision rule
+
+REPRODUCES = "reproduces the 2x claim at this scale"
+NO_GAIN = "no gain"
+SMALLER = "a smaller gain"
+INCONCLUSIVE = "inconclusive"
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (1.5, 1.5, REPRODUCES), (1.5, 9.0, REPRODUCES), (2.0, 2.4, REPRODUCES),  # low >= 1.5
+    (1.4999, 9.0, INCONCLUSIVE), (1.4999, 1.6, INCONCLUSIVE),
+    (0.3, 0.4, NO_GAIN), (0.5, 1.0999, NO_GAIN), (1.05, 1.0999, NO_GAIN),  # high < 1.1
+    (0.5, 1.1, INCONCLUSIVE), (1.0, 1.2, INCONCLUSIVE),
+    (1.1, 1.1, SMALLER), (1.1, 1.4999, SMALLER), (1.2, 1.3, SMALLER),  # low >= 1.1 and high < 1.5
+    (1.1, 1.5, INCONCLUSIVE), (1.0999, 1.4, INCONCLUSIVE), (0.9, 1.6, INCONCLUSIVE), (1.2, 2.5, INCONCLUSIVE),
+])
+def test_verdict_on_each_range_and_its_boundaries(low, high, expected):
+    assert compare.verdict(low, high) == expected
+
+
+def test_verdict_over_every_interval_of_hand_picked_ends():
+    """Every interval [low, high] with ends among values at, just below and around the thresholds, against
+    the rule as the README states it."""
+    ends = (0.5, 1.0, 1.0999, 1.1, 1.1001, 1.3, 1.4999, 1.5, 1.5001, 2.0, 3.0)
+    checked = 0
+    for low in ends:
+        for high in (h for h in ends if h >= low):
+            if low >= 1.5:
+                expected = REPRODUCES
+            elif high < 1.1:
+                expected = NO_GAIN
+            elif low >= 1.1 and high < 1.5:
+                expected = SMALLER
+            else:
+                expected = INCONCLUSIVE
+            assert compare.verdict(low, high) == expected, (low, high)
+            checked += 1
+    assert checked == 66
+
+
+ADAMW_MEANS = {250: 3.6, 500: 3.3, 1000: 3.1}  # AdamW's final loss by schedule length
+
+
+def adamw_finals(spread=0.0, seeds=3):
+    """AdamW's final losses per length: the means above, seeds spread evenly by +-spread around them."""
+    offsets = np.linspace(-spread, spread, seeds)
+    return {n: list(mean + offsets) for n, mean in ADAMW_MEANS.items()}
+
+
+def test_speedup_interval_without_seed_spread_is_the_point():
+    s = compare.speedup_interval(adamw_finals(), [3.2] * 3, 500)  # the defaults: 10,000 resamples
+    assert s["point"] == pytest.approx(math.sqrt(2), rel=1e-12)  # halfway between 500 and 1000 in log length
+    means = [(n, float(np.mean(v))) for n, v in sorted(adamw_finals().items())]
+    assert s["point"] == pytest.approx(compare.schedule_speedup(means, 3.2, 500)[1], rel=1e-12)
+    assert s["low"] == pytest.approx(s["point"], rel=1e-12) and s["high"] == pytest.approx(s["point"], rel=1e-12)
+    assert s["relation"] == "=" and s["dropped"] == 0
+    assert s["limits"] == (0.5, 2.0)
+    assert compare.fmt_speedup(s["point"], s["limits"]) == "1.41x"
+    assert compare.verdict(s["low"], s["high"]) == SMALLER  # [1.41, 1.41]: within [1.1, 1.5)
+
+
+@pytest.mark.parametrize("final, max_iters, point, relation, text", [
+    (3.0, 500, 2.0, ">", "≥2.00x"),  # below AdamW's loss at its longest schedule: at least 1000/500
+    (3.7, 500, 0.5, "<", "≤0.50x"),  # above its loss at its shortest: at most 250/500
+    (3.0, 250, 4.0, ">", "≥4.00x"),
+    (3.3, 250, 2.0, "=", "2.00x"),  # exactly AdamW's loss at 500: measured, not a bound
+])
+def test_outside_the_measured_range_the_speedup_is_a_bound_at_the_limits(final, max_iters, point, relation, text):
+    s = compare.speedup_interval(adamw_finals(), [final] * 3, max_iters, resamples=500)
+    assert s["point"] == pytest.approx(point, rel=1e-12) and s["relation"] == relation
+    assert s["low"] == pytest.approx(point, rel=1e-12) and s["high"] == pytest.approx(point, rel=1e-12)
+    assert s["limits"] == (250 / max_iters, 1000 / max_iters)
+    assert compare.fmt_speedup(s["point"], s["limits"]) == text
+    if relation == "=":
+        return
+    # with seed spread, resamples beyond the measured range count at the limit: both ends sit there
+    spread = compare.speedup_interval(adamw_finals(0.02), [final - 0.03, final, final + 0.03], max_iters,
+                                      resamples=500)
+    assert spread["point"] == pytest.approx(point) and spread["relation"] == relation
+    assert (spread["low"], spread["high"]) == pytest.approx((point, point))
+    assert compare.fmt_speedup(spread["low"], spread["limits"]) == text
+
+
+def test_an_interval_that_reaches_past_the_range_ends_at_the_limit():
+    s = compare.speedup_interval(adamw_finals(0.01), [3.02, 3.12, 3.22], 500, resamples=2000)
+    assert s["relation"] == "=" and 1.5 < s["point"] < 2.0
+    assert s["high"] == pytest.approx(2.0)  # some resamples fall below AdamW's loss at 1000
+    assert s["low"] < s["point"]
+    assert compare.fmt_speedup(s["high"], s["limits"]) == "≥2.00x"
+    assert not compare.fmt_speedup(s["low"], s["limits"]).startswith(("≥", "≤"))
+
+
+def test_speedup_interval_with_spread_contains_the_point_and_widens_with_it():
+    finals = np.array([3.19, 3.2, 3.21])
+    narrow = compare.speedup_interval(adamw_finals(0.01), list(finals), 500, resamples=2000)
+    wide = compare.speedup_interval(adamw_finals(0.03), list(3.2 + 3 * (finals - 3.2)), 500, resamples=2000)
+    for s in (narrow, wide):
+        assert s["point"] == pytest.approx(math.sqrt(2), rel=1e-9)  # the seed means are unchanged
+        assert s["low"] < s["point"] < s["high"]
+        assert s["dropped"] == 0
+    assert wide["low"] < narrow["low"] and narrow["high"] < wide["high"]
+    assert wide["high"] - wide["low"] > 2 * (narrow["high"] - narrow["low"])
+    # a narrower level gives a nested interval
+    half = compare.speedup_interval(adamw_finals(0.01), list(finals), 500, level=0.5, resamples=2000)
+    assert narrow["low"] < half["low"] < half["point"] < half["high"] < narrow["high"]
+
+
+def test_speedup_interval_is_deterministic_for_a_given_seed():
+    args = (adamw_finals(0.02), [3.15, 3.2, 3.28], 500)
+    first = compare.speedup_interval(*args, resamples=1000, seed=5)
+    assert compare.speedup_interval(*args, resamples=1000, seed=5) == first
+    other = compare.speedup_interval(*args, resamples=1000, seed=6)
+    assert other["point"] == first["point"] and (other["low"], other["high"]) != (first["low"], first["high"])
+
+
+def test_speedup_interval_needs_a_falling_baseline():
+    assert compare.speedup_interval({250: [3.6], 500: [3.7], 1000: [3.1]}, [3.2], 500, resamples=100) is None
+    assert compare.speedup_interval({250: [3.6], 500: [3.3], 1000: [3.3]}, [3.2], 500, resamples=100) is None
+    # falling means whose resamples need not fall: those resamples are dropped and counted
+    s = compare.speedup_interval({250: [3.35, 3.45], 500: [3.3, 3.4], 1000: [3.1, 3.1]}, [3.3], 500,
+                                 resamples=1000)
+    assert 0 < s["dropped"] < 1000
+    assert s["low"] <= s["point"] <= s["high"]
+
+
+def test_difference_interval():
+    a, b = [1.0, 1.2, 1.4], [0.5, 0.6]
+    point, low, high = compare.difference_interval(a, b, resamples=2000)
+    assert point == pytest.approx(1.2 - 0.55, rel=1e-12)
+    assert min(a) - max(b) <= low < point < high <= max(a) - min(b)
+    assert compare.difference_interval(a, b, resamples=2000) == (point, low, high)  # deterministic
+    assert compare.difference_interval(b, a, resamples=2000)[0] == pytest.approx(-point)
+    wider = compare.difference_interval([0.8, 1.2, 1.6], [0.4, 0.7], resamples=2000)
+    assert wider[0] == pytest.approx(point) and wider[1] < low and high < wider[2]
+    assert compare.difference_interval([2.0] * 3, [1.5] * 4, resamples=500) == pytest.approx((0.5, 0.5, 0.5))
+    for a, b in (([1.0] * 3, [0.4, 0.5, 0.6]), ([0.4, 0.5, 0.6], [1.0] * 3)):  # each sample is resampled
+        point, low, high = compare.difference_interval(a, b, resamples=500)
+        assert low < point < high
