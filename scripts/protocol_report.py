@@ -329,7 +329,7 @@ def plot_win_rate(plan, losses, path):
         twin.set_ylabel("1 - beta2^refreshes")
         twin.set_ylim(0, 1)
         twin.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"Sophia-G final runs at T (each seed): win_rate overall and per parameter set", fontsize=10)
+    ax.set_title("Sophia-G final runs at T (each seed): win_rate overall and per parameter set", fontsize=10)
     ax.set_xlabel("iteration")
     ax.set_ylabel("win_rate (fraction of coordinates not clipped)")
     ax.grid(alpha=0.3)
@@ -370,8 +370,8 @@ def plot_diagnostics(plan, path):
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.suptitle(f"final runs at T (each seed a line): parameter norm, gradient norm before clipping, "
-                 f"RMS of the applied update")
+    fig.suptitle("final runs at T (each seed a line): parameter norm, gradient norm before clipping, "
+                 "RMS of the applied update")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,5 +1,8 @@
+import numpy as np
 import pytest
 import torch
+
+from data.tokens import write_tokens
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -9,3 +12,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_tiny_dataset(folder):
+    """data/<name>/{train,val}.bin in `folder` (a pathlib.Path): token ids with some structure (each token
+    is likely the previous one + 1), so the loss falls, and ids far below the vocabulary size."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40_000), ("val", 8_000)):
+        steps = np.where(rng.random(n) < 0.7, 1, rng.integers(0, 512, n))
+        write_tokens(str(folder / f"{split}.bin"), (np.cumsum(steps) % 512).astype(np.uint16))

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from configurator import load_config, make_config
-from data.tokens import write_tokens
+from conftest import write_tiny_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
@@ -393,12 +393,7 @@ def tiny_protocol(monkeypatch, root):
 
 def make_root(path):
     """A folder with data/tiny (as tests/test_train.py's) and the tiny scale config."""
-    folder = path / "data" / "tiny"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40_000), ("val", 8_000)):
-        steps = np.where(rng.random(n) < 0.7, 1, rng.integers(0, 512, n))
-        write_tokens(str(folder / f"{split}.bin"), (np.cumsum(steps) % 512).astype(np.uint16))
+    write_tiny_dataset(path / "data" / "tiny")
     (path / "tiny_scale.py").write_text("".join(f"{k} = {v!r}\n" for k, v in TINY_SCALE.items()))
     return path
 

@@ -31,15 +31,14 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed
 
 import train
+from conftest import write_tiny_dataset
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from configurator import OPTIMIZER_NAMES, Config, ConfigError, load_config, make_config
-from data.tokens import write_tokens
 from metrics import read_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,12 +170,7 @@ def data_root(tmp_path_factory):
     """A folder holding data/tiny/{train,val}.bin: token ids with some structure (each token is likely
     the previous one + 1), so the loss falls, and ids far below vocab_size."""
     root = tmp_path_factory.mktemp("root")
-    folder = root / "data" / "tiny"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40_000), ("val", 8_000)):
-        steps = np.where(rng.random(n) < 0.7, 1, rng.integers(0, 512, n))
-        write_tokens(str(folder / f"{split}.bin"), (np.cumsum(steps) % 512).astype(np.uint16))
+    write_tiny_dataset(root / "data" / "tiny")
     return root
 
 
