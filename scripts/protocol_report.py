@@ -183,7 +183,9 @@ def complete_losses(runs, losses):
 
 
 def seconds_per_iter(runs):
-    seconds = [train_seconds(r) / r.iters for r in runs if train_seconds(r)]
+    """Mean training seconds per iteration over the complete runs of a group."""
+    seconds = [(train_seconds(r), r.iters) for r in runs]
+    seconds = [t / n for t, n in seconds if t]
     return float(np.mean(seconds)) if seconds else None
 
 
@@ -284,8 +286,8 @@ def official_section(plan, losses):
     rows, finals = [], {}
     for how in ("mean", "sum"):
         runs = [r for r in plan.runs if r.phase == "official" and dict(r.overrides)["grad_accumulation"] == how]
-        clip = [last_of(r, "train/clip_rate") for r in runs if last_of(r, "train/clip_rate") is not None]
-        norm = [np.median(series(r, "grad_norm")[1]) for r in runs if len(series(r, "grad_norm")[1])]
+        clip = [c for c in (last_of(r, "train/clip_rate") for r in runs) if c is not None]
+        norm = [np.median(n) for n in (series(r, "grad_norm")[1] for r in runs) if len(n)]
         finals[how] = complete_losses(runs, losses)
         rows.append([how, mean_std(finals[how]), f"{np.mean(clip):.3f}" if clip else "—",
                      f"{np.mean(norm):.3g}" if norm else "—"])
