@@ -4,6 +4,7 @@ Checkpoints: written atomically, read without running code (weights_only), with 
 
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -28,11 +29,23 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path} to resume from; train with init_from='scratch' first")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # unpickling garbage can warn too (e.g. of an odd pickle protocol); the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling errors come in many types; all mean the same here
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint of this "
-                              f"project ({reason})") from None
+                              f"project ({short_reason(e)})") from None
+
+
+def short_reason(error):
+    """The first sentence of torch's own error (e.g. its zip reader's), else the error's type: the
+    weights-only unpickler's message advises weights_only=False, which would let the file run code, and
+    errors from deeper inside unpickling garbage ("pop from empty list") mean nothing to a user."""
+    message = str(error).strip()
+    if isinstance(error, RuntimeError) and message:
+        return message.splitlines()[0].split(". ")[0]
+    return type(error).__name__
 
 
 def rng_state(device):

@@ -12,51 +12,56 @@ of the wrong type or an invalid choice stops the run with one line that names th
 import ast
 import dataclasses
 import difflib
+import inspect
+import os
+import textwrap
 import types
 from dataclasses import dataclass
 from typing import Optional
 
-# signmomentum: Sophia-G's update with the Hessian never refreshed (sign descent with momentum), a control
 OPTIMIZER_NAMES = ("adamw", "sophiag", "sophiah", "lion", "signmomentum")
 
 
 @dataclass
 class Config:
-    # I/O
-    out_dir: str = "out"
+    # --- I/O
+    out_dir: str = "out"  # the run's folder: ckpt.pt, metrics.jsonl (relative to the working directory)
     eval_interval: int = 1000  # evaluate (and checkpoint) every this many iterations
-    log_interval: int = 10
+    log_interval: int = 10  # print and log a training record every this many iterations
     eval_iters: int = 200  # batches per split in an evaluation
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # else save at an evaluation only when val loss improved
     checkpoint_interval: int = 0  # save at evaluations only every this many iterations; 0 = at each one
-    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
-    # wandb
-    wandb_log: bool = False
+    init_from: str = "scratch"  # 'scratch' (a new run) or 'resume' (continue out_dir/ckpt.pt)
+    # a run from scratch refuses an out_dir that holds a run; True moves that run's files into
+    # out_dir/overwritten-<date-time>/ first (nothing is deleted)
+    overwrite: bool = False
+    # --- wandb
+    wandb_log: bool = False  # also log to wandb (needs `wandb login`, or WANDB_MODE=offline)
     wandb_project: str = "sophia"
     wandb_run_name: str = "gpt2"
     wandb_group: str = ""  # runs to compare side by side, e.g. 'small-100k'
-    # data
-    dataset: str = "openwebtext"  # data/<dataset>/{train,val}.bin
+    # --- data
+    dataset: str = "openwebtext"  # data/<dataset>/{train,val}.bin, in the working directory or the repository
     batch_size: int = 12  # micro-batch per process, in sequences
-    block_size: int = 1024
+    block_size: int = 1024  # sequence length, in tokens
     total_bs: int = 480  # global batch in sequences: accumulation = total_bs / (batch_size * processes)
     # how micro-batch gradients add up: 'mean' = the gradient of the global batch's mean loss; 'sum' = each
     # micro-batch's mean loss backpropagated undivided (the official train_adam.py; its train_sophiag.py
     # divides), so the gradient is accumulation times larger before clipping
     grad_accumulation: str = "mean"
-    # model
+    # --- model
     n_layer: int = 12
-    n_head: int = 12
+    n_head: int = 12  # must divide n_embd
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = False
-    scale_attn_by_inverse_layer_idx: bool = True
-    # optimizer
-    optimizer_name: str = "sophiag"  # one of OPTIMIZER_NAMES
+    bias: bool = False  # biases in the Linear and LayerNorm layers
+    scale_attn_by_inverse_layer_idx: bool = True  # the official code's attention scaling by 1/(layer + 1)
+    # --- optimizer
+    optimizer_name: str = "sophiag"  # signmomentum: Sophia-G never refreshing its Hessian, a control
     learning_rate: float = 6e-4  # peak
-    max_iters: int = 100000
-    weight_decay: float = 2e-1
+    max_iters: int = 100000  # optimizer steps in the run
+    weight_decay: float = 2e-1  # decoupled: p *= 1 - lr * weight_decay (biases and LayerNorms excluded)
     beta1: float = 0.965
     beta2: float = 0.99
     grad_clip: float = 1.0  # clip the global gradient norm at this value; 0 disables
@@ -68,12 +73,12 @@ class Config:
     # refresh shares: one extra backward (cheaper, and needs one more parameter-sized buffer)
     gnb_batch: str = "fresh"
     hessian_bias_correction: bool = False  # Sophia: divide h by 1 - beta2^refreshes (not in the official code)
-    # learning rate schedule: linear warmup, then cosine to min_lr at lr_decay_iters
-    decay_lr: bool = True
-    warmup_iters: int = 2000
+    # --- learning rate schedule: linear warmup, then cosine to min_lr at lr_decay_iters
+    decay_lr: bool = True  # False: learning_rate throughout
+    warmup_iters: int = 2000  # 0 = no warmup
     lr_decay_iters: int = 100000
     min_lr: float = 1.5e-5
-    # system
+    # --- system
     backend: str = "auto"  # DDP backend: 'auto' = nccl on CUDA, gloo on CPU
     device: str = "auto"  # 'auto' = cuda if available, else cpu; or 'cpu', 'cuda', 'cuda:1', ...
     dtype: str = "bfloat16"  # autocast dtype ('bfloat16') or 'float32'; weights are always fp32
@@ -92,7 +97,9 @@ CHOICES = {
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 POSITIVE = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size", "total_bs",
-            "n_layer", "n_head", "n_embd", "hess_interval")
+            "n_layer", "n_head", "n_embd", "hess_interval", "learning_rate", "max_iters", "lr_decay_iters")
+NON_NEGATIVE = ("warmup_iters", "min_lr", "weight_decay", "grad_clip", "rho", "hess_total_bs", "checkpoint_interval")
+FRACTIONS = ("dropout", "beta1", "beta2")  # in [0, 1)
 
 
 class ConfigError(ValueError):
@@ -126,6 +133,29 @@ def _unknown_key(key):
     return ConfigError(f"unknown config key '{key}'{hint}; valid keys: {', '.join(keys)}")
 
 
+def describe_keys():
+    """Every key with its default and meaning, for --help: the meaning is the key's comment in Config (the
+    comment lines just above it, then the one on its line); '# ---' comments head the sections."""
+    defaults = dataclasses.asdict(Config())
+    lines, above = [], []
+    for line in inspect.getsource(Config).splitlines()[2:]:  # after the decorator and the class line
+        text = line.strip()
+        if text.startswith("# ---"):
+            lines.append(f"\n{text.removeprefix('# ---').strip()}")
+        elif text.startswith("#"):
+            above.append(text.removeprefix("#").strip())
+        elif text:
+            key, _, inline = text.partition("  # ")
+            key = key.split(":")[0]
+            choices = f"  ({' | '.join(CHOICES[key])})" if key in CHOICES else ""
+            lines.append(f"  --{key}={defaults[key]!r}{choices}")
+            meaning = " ".join(above + [inline] if inline else above)
+            lines += textwrap.wrap(meaning, 100, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                   break_on_hyphens=False)
+            above = []
+    return "\n".join(lines)
+
+
 def parse_value(key, text):
     """The value of config key `key` written as text: a Python literal, or the text itself (so
     --dataset=enwiki needs no quotes); a string key keeps its text as written unless it is quoted
@@ -138,7 +168,11 @@ def parse_value(key, text):
 
 
 def read_config_file(path):
-    """The plain assignments of a config file (modules it imports and _private names are skipped)."""
+    """The plain assignments of a config file (modules it imports and _private names are skipped). A
+    relative path not found from the working directory is looked up in the repository (config/...)."""
+    in_repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
+    if not os.path.exists(path) and not os.path.isabs(path) and os.path.exists(in_repo):
+        path = in_repo
     try:
         source = open(path).read()
     except OSError as e:
@@ -179,7 +213,20 @@ def make_config(**values):
     for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {getattr(cfg, key)!r}")
-    for key in POSITIVE:
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"config key '{key}' must be positive, got {getattr(cfg, key)}")
+    check_values(cfg)
     return cfg
+
+
+def check_values(cfg):
+    """Values no run can use: each a one-line ConfigError that names the key."""
+    for keys, valid, what in ((POSITIVE, lambda v: v > 0, "positive"), (NON_NEGATIVE, lambda v: v >= 0, ">= 0"),
+                              (FRACTIONS, lambda v: 0 <= v < 1, "in [0, 1)")):
+        for key in keys:
+            if not valid(getattr(cfg, key)):
+                raise ConfigError(f"config key '{key}' must be {what}, got {getattr(cfg, key)}")
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head} (each head gets "
+                          f"n_embd / n_head channels); change one of them")
+    if cfg.decay_lr and cfg.lr_decay_iters <= cfg.warmup_iters:
+        raise ConfigError(f"lr_decay_iters={cfg.lr_decay_iters} must be greater than warmup_iters="
+                          f"{cfg.warmup_iters}: the cosine decay runs from one to the other")

@@ -3,46 +3,68 @@ Run metrics: `<out_dir>/metrics.jsonl` (one JSON object per line, flushed as wri
 wandb under the same names (the official Sophia code's: train/loss, val/loss, lr, mfu, train/win_rate,
 hessian_norm, train/clip_rate, ...). Only rank 0 logs.
 
-The first line of each (re)start is `{"config": {...}}`, the resolved configuration. Every other line has
+The file is only ever appended to. The first line of each (re)start is `{"config": {...}}`, the resolved
+configuration; a resumed run's adds `"resumed_from": <the checkpoint's iteration>`. Every other line has
 `iter` (optimizer steps done), `tokens` (training tokens seen) and `time` (training seconds, without
-evaluation and checkpointing). On resume, lines from iterations after the checkpoint are dropped before
-appending, so no iteration is ever recorded twice.
+evaluation and checkpointing). Lines that the interrupted process wrote after its checkpoint stay in the
+file, and read_metrics, the one reader of the format, leaves them out: the resumed run logs those
+iterations again.
 """
 
 import dataclasses
 import json
 import os
 
-from data.tokens import atomic_write
+
+class MetricsError(ValueError):
+    pass
 
 
 def read_metrics(path):
-    """The records of a metrics.jsonl file, in order. A last line cut short (a kill mid-write) is dropped."""
+    """The records of a metrics.jsonl as the run stands, in order. A resumed process's first line
+    (`resumed_from`: its checkpoint's iteration) voids the records of later iterations, which the resumed
+    run logs again, and a record logged again (an evaluation repeated at the checkpoint's iteration)
+    replaces the earlier one. A last line cut short (a kill mid-write) is dropped; any other line that is
+    not JSON is an error."""
     with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    if lines and not lines[-1].endswith("\n"):
-        lines.pop()
-    return [json.loads(line) for line in lines]
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], 1):  # the text after the last newline is a torn record or empty
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise MetricsError(f"{path}: line {number} is not JSON; was the file edited by hand?") from None
+        if "resumed_from" in record:
+            records = [r for r in records if r.get("iter", -1) <= record["resumed_from"]]
+        records.append(record)
+    latest, seen = [], set()
+    for record in reversed(records):
+        key = (record["iter"], "val/loss" in record) if "iter" in record else None
+        if key is None or key not in seen:
+            latest.append(record)
+            seen.add(key)
+    return latest[::-1]
 
 
-def _before(record, resume_iter):
-    """Whether a record belongs to the run up to a checkpoint at `resume_iter`: the training record of
-    that iteration does, its evaluation does not (the resumed run evaluates there again)."""
-    it = record.get("iter")
-    return it is None or it < resume_iter or (it == resume_iter and "val/loss" not in record)
+def _drop_torn_last_line(path):
+    """Cut a record that a killed process left half-written, so the next record starts on a line of its own."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 class MetricsLog:
     def __init__(self, cfg, resume_iter=None, wandb_run_id=None):
         self.path = os.path.join(cfg.out_dir, "metrics.jsonl")
-        kept = []
-        if resume_iter is not None and os.path.exists(self.path):
-            kept = [r for r in read_metrics(self.path) if _before(r, resume_iter)]
-        with atomic_write(self.path) as f:  # replaced whole, so a crash here loses nothing
-            f.write("".join(json.dumps(r) + "\n" for r in kept).encode())
+        if os.path.exists(self.path):
+            _drop_torn_last_line(self.path)
         self.file = open(self.path, "a")
         self.wandb = None
-        self.write({"config": dataclasses.asdict(cfg)})
+        start = {"config": dataclasses.asdict(cfg)}
+        self.write(start if resume_iter is None else {**start, "resumed_from": resume_iter})
         if cfg.wandb_log:
             import wandb  # only when enabled: the GPU machines may not have it
 
@@ -64,3 +86,19 @@ class MetricsLog:
         self.file.close()
         if self.wandb:
             self.wandb.finish()
+
+
+def check_wandb(cfg):
+    """wandb_log=True needs wandb and, unless WANDB_MODE is offline or disabled, a login: checked before the
+    run starts (else wandb.init fails, or waits at a prompt, once the run is under way)."""
+    if not cfg.wandb_log:
+        return
+    try:
+        import wandb
+    except ImportError:
+        raise MetricsError("wandb_log=True but wandb is not installed: `pip install wandb`, or "
+                           "--wandb_log=False") from None
+    if os.environ.get("WANDB_MODE") not in ("offline", "disabled", "dryrun") and not wandb.login(prompt=False,
+                                                                                               verify=False):
+        raise MetricsError("wandb_log=True but wandb is not logged in: run `wandb login`, or set "
+                           "WANDB_MODE=offline to log locally (and `wandb sync` later)")

@@ -208,15 +208,22 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, n_vocab=None, generator=None):
         """Extend each sequence of `idx` (B, T) by `max_new_tokens` sampled tokens.
 
+        `temperature` 0 means greedy: always the likeliest token (the limit of ever lower temperatures).
         `n_vocab` (the tokenizer's size) keeps the padding ids of the output layer from being sampled.
         """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         for _ in range(max_new_tokens):
             context = idx[:, -self.config.block_size:]
             logits, _ = self(context)
-            logits = logits[:, -1, :n_vocab] / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = F.softmax(logits, dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
+            logits = logits[:, -1, :n_vocab]
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat((idx, next_id), dim=1)
         return idx

@@ -16,10 +16,32 @@ from tokenizer import EOT, gpt2_encoding
 
 
 def load_model(out_dir, device):
-    ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(path):  # checked here: load_checkpoint's own message is about resuming training
+        raise CheckpointError(f"no checkpoint at {path}; train one with `python train.py <config> --out_dir={out_dir}`"
+                              " or point --out_dir at a run's folder")
+    ckpt = load_checkpoint(path)
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt["iter_num"]
+
+
+def settings_problem(args):
+    """What is wrong with the command line's settings, or None."""
+    for name in ("num_samples", "max_new_tokens", "top_k"):
+        if getattr(args, name) < 1:
+            return f"--{name} must be at least 1, got {getattr(args, name)}"
+    if args.temperature < 0:
+        return f"--temperature must be >= 0 (0: always the likeliest token), got {args.temperature}"
+    if not args.prompt:
+        return "--prompt is empty; give some text to continue, e.g. --prompt=\"The history of\""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        return f"--device={args.device} is not a device PyTorch knows; use cpu or cuda"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device={args.device} but this machine has no CUDA GPU; use --device=cpu"
+    return None
 
 
 def main(argv=None):
@@ -28,12 +50,15 @@ def main(argv=None):
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a new line)")
     parser.add_argument("--num_samples", type=int, default=2)
     parser.add_argument("--max_new_tokens", type=int, default=100)
-    parser.add_argument("--temperature", type=float, default=0.8, help="below 1: less random")
+    parser.add_argument("--temperature", type=float, default=0.8, help="below 1: less random; 0: greedy")
     parser.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
+    problem = settings_problem(args)
+    if problem:
+        sys.exit(f"error: {problem}")
     try:
         model, iter_num = load_model(args.out_dir, args.device)
     except CheckpointError as e:

@@ -11,6 +11,7 @@ the official code: Sophia-G backpropagates the mean cross-entropy against labels
 (Gauss-Newton-Bartlett), Sophia-H a Hessian-vector product with a random sign vector (Hutchinson).
 """
 
+import ctypes
 import dataclasses
 import gc
 import math
@@ -28,10 +29,11 @@ import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from configurator import OPTIMIZER_NAMES, ConfigError, load_config
-from data.tokens import DatasetError, check_tokens, open_split
-from metrics import MetricsLog
+from configurator import OPTIMIZER_NAMES, ConfigError, describe_keys, load_config
+from data.tokens import DatasetError, check_all_tokens, check_tokens, open_split, read_meta
+from metrics import MetricsError, MetricsLog, check_wandb
 from model import GPT, GPTConfig
+from outdir import OutDir, OutDirError
 from sophia import Lion, SophiaG, SophiaH, hessian_vector_product, rademacher_like, sampled_cross_entropy
 
 
@@ -54,7 +56,17 @@ class Dist:
 def init_distributed(cfg):
     """A Dist for this process, and the config with device, backend and compile resolved."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = device.startswith("cuda")
+    try:
+        cuda = torch.device(device).type == "cuda"
+    except RuntimeError:
+        raise ConfigError(f"device={device!r} is not a device PyTorch knows: use 'cpu', 'cuda', 'cuda:1', ... "
+                          f"or 'auto'") from None
+    if cuda and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device!r} but PyTorch sees no CUDA GPU here (torch {torch.__version__}); "
+                          f"use --device=cpu, or device='auto' to take a GPU when there is one")
+    if cuda and (torch.device(device).index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"numbered from 0")
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cuda else "gloo")
     cfg = dataclasses.replace(cfg, device=device, backend=backend,
                               compile=cuda if cfg.compile is None else cfg.compile)
@@ -87,6 +99,22 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def keep_freed_memory():
+    """For CPU runs on glibc (Linux): keep freed memory in the process instead of returning it to the OS.
+    PyTorch takes CPU tensors straight from malloc, and glibc maps each block above its mmap threshold
+    (32 MB at most) afresh and unmaps it when freed, so every iteration's logits (hundreds of MB in the CPU
+    demo) page-faulted in again: the demo spent as long in the kernel as computing (20M page faults in 30
+    iterations, measured). With mmap off and the heap never trimmed, the faults (and the system time) go,
+    the losses stay bit-identical, and memory stays at its peak. Elsewhere this does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # macOS, musl: another allocator
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
 def compile_seconds():
     """Seconds torch.compile has spent compiling in this process so far: frames, and the backward graphs
     it compiles lazily at their first use (0 where this torch does not count them)."""
@@ -113,6 +141,16 @@ class Stopwatch:
 
 # ----------------------------------------------------------------------------- data
 
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def dataset_dir(name):
+    """data/<name> under the working directory if it is there, else under the repository (as a path
+    relative to the working directory): a run started from another folder finds the prepared data, and
+    a missing dataset's error names the repository's folder and the script that makes it."""
+    here = os.path.join("data", name)
+    return here if os.path.isdir(here) else os.path.relpath(os.path.join(REPO, "data", name))
+
 class Batches:
     """Windows of `block_size + 1` tokens from a token file.
 
@@ -125,7 +163,10 @@ class Batches:
 
     def __init__(self, data_dir, split, cfg, dist, vocab_size):
         self.path, self.vocab_size = os.path.join(data_dir, f"{split}.bin"), vocab_size
-        self.n_tokens = len(open_split(data_dir, split, vocab_size))  # checks the file once
+        tokens = open_split(data_dir, split, vocab_size)  # checks the file and its meta.json
+        self.n_tokens = len(tokens)
+        if read_meta(data_dir) is None and dist.is_master:  # no meta.json to vouch for the ids: look at them all
+            check_all_tokens(tokens, vocab_size, self.path)
         if self.n_tokens <= cfg.block_size:
             raise DatasetError(f"{self.path} has {self.n_tokens} tokens, fewer than block_size + 1 = "
                                f"{cfg.block_size + 1}")
@@ -278,7 +319,7 @@ class Trainer:
                                    n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
                                    scale_attn_by_inverse_layer_idx=cfg.scale_attn_by_inverse_layer_idx))
         self.model.to(dist.device)
-        data_dir = os.path.join("data", cfg.dataset)
+        data_dir = dataset_dir(cfg.dataset)
         vocab = self.model.config.vocab_size
         self.train_data = Batches(data_dir, "train", cfg, dist, vocab)
         self.val_data = Batches(data_dir, "val", cfg, dist, vocab)
@@ -292,7 +333,10 @@ class Trainer:
         self.iter_num, self.best_val_loss, self.train_time = 0, float("inf"), 0.0
         self.gnb_gradient = None  # gnb_batch='train': g_hat between the iteration's backward and the refresh
         self.clip_count = torch.zeros((), device=dist.device)
-        self.grad_norm_sum = torch.zeros((), device=dist.device)  # since the last log line
+        # since the last log line (checkpointed, so a resumed run logs what the uninterrupted one would)
+        self.loss_sum = torch.zeros((), device=dist.device)
+        self.grad_norm_sum = torch.zeros((), device=dist.device)
+        self.iters_since_log, self.time_at_log = 0, 0.0
         self.update_rms = None  # of the last iteration before a log line (see train_iteration)
         self.wandb_run_id = None
         if cfg.init_from == "resume":
@@ -353,6 +397,8 @@ class Trainer:
                 self.update_rms = rms(before)
         self.optimizer.zero_grad(set_to_none=True)
         self.iter_num += 1
+        self.loss_sum += loss
+        self.iters_since_log += 1
         if refresh_due:
             self.refresh()
         return loss
@@ -444,23 +490,31 @@ class Trainer:
     # --- evaluation
 
     @torch.no_grad()
-    def evaluate(self):
+    def evaluate(self, stopping=lambda: False):
         """Mean loss over eval_iters batches of each split. The batches are the same at every evaluation
-        (a generator seeded alike each time) and are shared out among ranks; the mean is all-reduced."""
+        (a generator seeded alike each time) and are shared out among ranks; the mean is all-reduced.
+        `stopping()` is asked before each round of batches (one per rank, so every rank asks as often);
+        once it says yes, the evaluation is abandoned and None returned: a stop never waits for it."""
         model = self.compiled
         model.eval()
         losses = {}
-        for split, data in (("train", self.train_data), ("val", self.val_data)):
-            starts = data.random_starts(self.cfg.eval_iters * self.cfg.batch_size, seeded(self.cfg.seed + 1))
-            total = torch.zeros((), device=self.dist.device)
-            for k in range(self.dist.rank, self.cfg.eval_iters, self.dist.world_size):
-                batch = starts[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
-                with self.ctx:
-                    total += data_loss(model, *data.windows(batch)).float()
-            if self.dist.world_size > 1:
-                torch_dist.all_reduce(total)
-            losses[split] = total.item() / self.cfg.eval_iters
-        model.train()
+        rank, world_size, eval_iters = self.dist.rank, self.dist.world_size, self.cfg.eval_iters
+        try:
+            for split, data in (("train", self.train_data), ("val", self.val_data)):
+                starts = data.random_starts(eval_iters * self.cfg.batch_size, seeded(self.cfg.seed + 1))
+                total = torch.zeros((), device=self.dist.device)
+                for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
+                    if stopping():
+                        return None
+                    if k < eval_iters:
+                        batch = starts[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
+                        with self.ctx:
+                            total += data_loss(model, *data.windows(batch)).float()
+                if world_size > 1:
+                    torch_dist.all_reduce(total)
+                losses[split] = total.item() / eval_iters
+        finally:
+            model.train()
         return losses
 
     # --- checkpoints
@@ -483,6 +537,8 @@ class Trainer:
             "rng": rng,
             "data_position": self.train_data.position,
             "wandb_run_id": self.wandb_run_id,
+            "since_log": {"iters": self.iters_since_log, "time": self.time_at_log,
+                          "loss_sum": self.global_mean(self.loss_sum), "grad_norm_sum": self.grad_norm_sum.item()},
         }
 
     def load_state(self, ckpt):
@@ -503,6 +559,10 @@ class Trainer:
             self.train_time, self.wandb_run_id = ckpt["train_time"], ckpt["wandb_run_id"]
             self.clip_count.fill_(ckpt["clip_count"])
             self.train_data.position = ckpt["data_position"]
+            since = ckpt.get("since_log", {"iters": 0, "time": self.train_time, "loss_sum": 0.0, "grad_norm_sum": 0.0})
+            self.iters_since_log, self.time_at_log = since["iters"], since["time"]
+            self.loss_sum.fill_(since["loss_sum"])
+            self.grad_norm_sum.fill_(since["grad_norm_sum"])
             if len(ckpt["rng"]) == self.dist.world_size:  # else a new number of processes: fresh streams
                 set_rng_state(ckpt["rng"][self.dist.rank], self.dist.device)
         except (KeyError, RuntimeError, ValueError) as e:
@@ -514,7 +574,9 @@ class Trainer:
     def save(self):
         state = self.state_dict()
         if self.dist.is_master:
-            save_checkpoint(state, os.path.join(self.cfg.out_dir, "ckpt.pt"))
+            path = os.path.join(self.cfg.out_dir, "ckpt.pt")
+            save_checkpoint(state, path)
+            print(f"saved {path} at iteration {self.iter_num}", flush=True)
 
     # --- logging
 
@@ -526,36 +588,44 @@ class Trainer:
             value /= self.dist.world_size
         return value.item()
 
-    def log_record(self, loss, n_iters, dt):
-        """The record logged every log_interval iterations (one host sync, here): `loss` and `grad_norm`
-        are means over the n_iters iterations since the last one, which took dt seconds."""
-        tokens_per_s = self.tokens_per_iter * n_iters / dt
+    def log_record(self):
+        """The record logged every log_interval iterations (the loop's one regular host sync): `train/loss`
+        and `grad_norm` are means over the iterations since the last record; starts the next interval."""
+        n, dt = self.iters_since_log, self.train_time - self.time_at_log
         record = {
             "iter": self.iter_num,
             "tokens": self.iter_num * self.tokens_per_iter,
             "time": self.train_time,
-            "train/loss": loss,
+            "train/loss": self.global_mean(self.loss_sum / n),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "mfu": self.model.estimate_mfu(self.tokens_per_iter / self.dist.world_size * n_iters, dt,
-                                           self.cfg.peak_flops),
-            "ms_per_iter": 1000 * dt / n_iters,
-            "tokens_per_s": tokens_per_s,
+            "ms_per_iter": 1000 * dt / n,
+            "tokens_per_s": self.tokens_per_iter * n / dt,
             "train/clip_rate": self.clip_count.item() / self.iter_num,
-            "grad_norm": self.grad_norm_sum.item() / n_iters,
+            "grad_norm": self.grad_norm_sum.item() / n,
             "param_norm": l2_norm(list(self.model.parameters())).item(),
         }
+        if self.device_type == "cuda":  # peak_flops is a GPU's
+            record["mfu"] = self.model.estimate_mfu(self.tokens_per_iter / self.dist.world_size * n, dt,
+                                                    self.cfg.peak_flops)
         if self.update_rms is not None:
             record["update_rms"] = self.update_rms.item()
-        self.grad_norm_sum.zero_()
         if hasattr(self.optimizer, "diagnostics"):
             diagnostics = self.optimizer.diagnostics(**self.step_kwargs, param_sets=self.model.param_sets())
             record.update({k: v.item() for k, v in diagnostics.items()})
+        self.loss_sum.zero_()
+        self.grad_norm_sum.zero_()
+        self.iters_since_log, self.time_at_log = 0, self.train_time
         return record
 
 
 class StopRequest:
-    """SIGTERM or SIGINT asks the run to stop: it saves a checkpoint at the end of the current iteration
-    and exits 0 (clusters send SIGTERM before pre-emption). A second signal ends the process at once."""
+    """SIGTERM or SIGINT asks the run to stop: every rank finishes its current iteration (or abandons an
+    evaluation), they agree, rank 0 saves one checkpoint, and each process exits 0 (clusters send
+    SIGTERM before pre-emption). A second signal ends the process at once.
+
+    Under torchrun, signal the launcher: it forwards the signal once to every worker, SIGKILLs those still
+    running 30 s later, and then exits 1 whatever the workers did (it re-raises the signal as an error),
+    so judge a stopped run by its checkpoint, not by torchrun's exit status."""
 
     def __init__(self):
         self.requested = False
@@ -575,27 +645,110 @@ class StopRequest:
         return bool(flag.item())
 
 
+# ----------------------------------------------------------------------------- telling a person
+
+def usage():
+    return (__doc__.strip() + "\n\nConfig keys and their defaults (set them in a config file or as "
+            "--key=value):\n" + describe_keys())
+
+
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
 
 
-def main(argv=None):
+def duration(seconds):
+    """Seconds as a short human-readable duration: 45s, 3m12s, 2h05m, 3d04h."""
+    seconds = round(seconds)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{seconds % size // sub_size:02d}{sub}"
+    return f"{seconds}s"
+
+
+class Eta:
+    """Time left to max_iters at this process's wall-clock pace since its first log line (which leaves out
+    start-up and compilation; evaluations and checkpoints are in)."""
+
+    def __init__(self, max_iters):
+        self.max_iters, self.origin = max_iters, None
+
+    def __call__(self, it, seconds_per_iter):
+        """At the first log line the pace is that line's seconds_per_iter."""
+        now = time.perf_counter()
+        if self.origin is None:
+            self.origin = (it, now)
+        else:
+            seconds_per_iter = (now - self.origin[1]) / (it - self.origin[0])
+        return duration(seconds_per_iter * (self.max_iters - it))
+
+
+def cpu_flops():
+    """This CPU's float32 matmul FLOP/s, measured (~0.1 s; no random numbers drawn: a resumed run's are restored)."""
+    a = torch.full((512, 512), 0.5)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(8):
+        a @ a
+    return 8 * 2 * 512**3 / (time.perf_counter() - start)
+
+
+def warn_if_too_big_for_the_cpu(trainer):
+    """A GPU-sized config started on a CPU says so at once, with what an iteration will cost, rather than
+    running silently for minutes at many GB (from 10 s per iteration on)."""
+    model, cfg = trainer.model, trainer.cfg
+    tokens = trainer.tokens_per_iter / trainer.dist.world_size
+    seconds = model.flops_per_token() * tokens / cpu_flops()
+    if seconds < 10:
+        return
+    # weights, gradients and two optimizer states in fp32; a micro-batch's logits, softmax and their gradient
+    memory = 16 * model.num_params(non_embedding=False) + 3 * 4 * cfg.batch_size * cfg.block_size * model.config.vocab_size
+    print(f"warning: a GPU-sized run on the CPU: {model.num_params() / 1e6:.0f}M parameters, {tokens:,.0f} tokens per "
+          f"iteration; expect ~{duration(seconds)} per iteration at this CPU's measured speed and over "
+          f"{memory / 2**30:.0f} GB of memory. For a CPU run start from config/train_cpu_demo.py",
+          file=sys.stderr, flush=True)
+
+
+def start(argv):
+    """The run's config, processes and Trainer, with out_dir claimed by rank 0. A problem is a one-line
+    error, after which nothing that this start created remains."""
+    out_dir = None
     try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv)
+        cfg = load_config(argv)
         cfg, dist = init_distributed(cfg)
         if dist.is_master:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-        trainer = Trainer(cfg, dist)
-    except (ConfigError, DatasetError, CheckpointError) as e:
+            check_wandb(cfg)
+            out_dir = OutDir(cfg.out_dir)
+            moved_to = out_dir.claim(cfg.init_from, cfg.overwrite)
+            if moved_to:
+                print(f"overwrite=True: moved the run that was in {cfg.out_dir} to {moved_to}")
+        if dist.device == "cpu":
+            keep_freed_memory()
+        return cfg, dist, Trainer(cfg, dist), out_dir
+    except (ConfigError, DatasetError, CheckpointError, OutDirError, MetricsError) as e:
+        if out_dir:
+            out_dir.abandon()
         fail(e)
+
+
+def run(cfg, dist, trainer):
+    """Train to max_iters (or until a stop is requested), evaluating, logging and checkpointing."""
     stop = StopRequest()
     log = None
+
+    def say(*text):  # rank 0 speaks for the run; flushed, for logs that a scheduler writes to files
+        if dist.is_master:
+            print(*text, flush=True)
+
     if dist.is_master:
-        print("config:", dataclasses.asdict(cfg))
-        print(f"model: {trainer.model.num_params() / 1e6:.2f}M parameters; {trainer.accum} micro-steps of "
-              f"{cfg.batch_size} x {cfg.block_size} tokens on each of {dist.world_size} process(es); "
-              f"{trainer.tokens_per_iter:,} tokens per iteration")
+        say("config:", dataclasses.asdict(cfg))
+        say(f"model: {trainer.model.num_params() / 1e6:.2f}M parameters; {trainer.accum} micro-steps of "
+            f"{cfg.batch_size} x {cfg.block_size} tokens on each of {dist.world_size} process(es); "
+            f"{trainer.tokens_per_iter:,} tokens per iteration")
+        if cfg.init_from == "resume":
+            say(f"resuming {cfg.out_dir}/ckpt.pt at iteration {trainer.iter_num} of {cfg.max_iters}")
+        if trainer.device_type == "cpu":
+            warn_if_too_big_for_the_cpu(trainer)
         log = MetricsLog(cfg, resume_iter=trainer.iter_num if cfg.init_from == "resume" else None,
                          wandb_run_id=trainer.wandb_run_id)
         trainer.wandb_run_id = log.wandb_run_id
@@ -606,18 +759,27 @@ def main(argv=None):
                  f"checkpoint is {os.path.join(cfg.out_dir, 'ckpt.pt')} (if any): resume from it with a "
                  f"lower learning_rate or stronger grad_clip")
 
-    loss_sum, iters_since_log, time_at_log = 0.0, 0, trainer.train_time
-    clock = Stopwatch()
+    def stopping():
+        return stop.agreed(dist)
+
+    clock, eta = Stopwatch(), Eta(cfg.max_iters)
     saved_at = trainer.iter_num if cfg.init_from == "resume" else None
+    losses, stopped = None, False
     while True:
         it = trainer.iter_num
         if it % cfg.eval_interval == 0 or it == cfg.max_iters or cfg.eval_only:
             synchronize(dist.device)
             trainer.train_time += clock.lap()
-            losses = trainer.evaluate()
+            say(f"iter {it}: evaluating ({cfg.eval_iters} batches of each split)")
+            started = time.perf_counter()
+            losses = trainer.evaluate(stopping)
+            if losses is None:
+                stopped = True
+                break
             check_finite(losses["val"], "the validation loss")
             if log:
-                print(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                say(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                    f"({duration(time.perf_counter() - started)})")
                 log.write({"iter": it, "tokens": it * trainer.tokens_per_iter, "time": trainer.train_time,
                            "val/loss": losses["val"], "eval/train_loss": losses["train"]})
             improved = losses["val"] < trainer.best_val_loss
@@ -630,31 +792,50 @@ def main(argv=None):
         if it >= cfg.max_iters or cfg.eval_only:
             break
 
-        loss_sum += trainer.train_iteration()
-        iters_since_log += 1
+        trainer.train_iteration()
         if trainer.iter_num % cfg.log_interval == 0:
-            loss = trainer.global_mean(loss_sum / iters_since_log)  # the loop's only regular host sync
-            check_finite(loss, "the training loss")
             trainer.train_time += clock.lap()
-            record = trainer.log_record(loss, iters_since_log, trainer.train_time - time_at_log)
+            record = trainer.log_record()
+            check_finite(record["train/loss"], "the training loss")
             if log:
                 log.write(record)
-                print(f"iter {record['iter']}: loss {loss:.4f}, lr {record['lr']:.2e}, "
-                      f"{record['ms_per_iter']:.1f} ms/iter, {record['tokens_per_s']:,.0f} tokens/s, "
-                      f"mfu {100 * record['mfu']:.1f}%")
-            loss_sum, iters_since_log, time_at_log = 0.0, 0, trainer.train_time
-        if stop.agreed(dist):
-            check_finite(float(loss_sum / max(iters_since_log, 1)), "the training loss")
-            if log:
-                print(f"stop requested: saving a checkpoint at iteration {trainer.iter_num} and exiting")
+                mfu = f"{100 * record['mfu']:.1f}%" if "mfu" in record else "n/a"
+                say(f"iter {record['iter']}/{cfg.max_iters}: loss {record['train/loss']:.4f}, lr {record['lr']:.2e}, "
+                    f"{record['ms_per_iter']:.1f} ms/iter, {record['tokens_per_s']:,.0f} tokens/s, mfu {mfu}, "
+                    f"eta {eta(trainer.iter_num, record['ms_per_iter'] / 1000)}")
+        if stopping():
+            check_finite(trainer.global_mean(trainer.loss_sum), "the training loss")
+            stopped = True
             break
 
+    if stopped:
+        say(f"stop requested: saving a checkpoint at iteration {trainer.iter_num} and exiting")
     if saved_at != trainer.iter_num and not cfg.eval_only:
         synchronize(dist.device)
         trainer.train_time += clock.lap()
         trainer.save()
     if log:
         log.close()
+    if stopped:
+        say("stopped: continue with the same command and --init_from=resume")
+    elif not cfg.eval_only:
+        say(f"finished {cfg.max_iters} iterations: val loss {losses['val']:.4f} (best {trainer.best_val_loss:.4f}); "
+            f"{cfg.out_dir}/ckpt.pt, {cfg.out_dir}/metrics.jsonl")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(usage())
+        return
+    cfg, dist, trainer, out_dir = start(argv)
+    try:
+        run(cfg, dist, trainer)
+    except DatasetError as e:  # a bad token id in a file whose meta.json vouched for it: found mid-run
+        fail(e)
+    finally:
+        if out_dir:
+            out_dir.release()
     if dist.world_size > 1:
         torch_dist.barrier()  # let rank 0 finish writing before any process group goes away
         del trainer  # DDP holds the process group; free it (the Trainer is in a reference cycle) before

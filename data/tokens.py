@@ -126,6 +126,12 @@ def open_split(data_dir: str, split: str, vocab_size: int | None = None) -> np.m
     return np.memmap(path, dtype=DTYPE, mode="r")
 
 
+def check_all_tokens(tokens: np.ndarray, vocab_size: int, where: str, chunk: int = 1 << 26) -> None:
+    """check_tokens over a whole (memory-mapped) file, 128 MB at a time."""
+    for start in range(0, len(tokens), chunk):
+        check_tokens(tokens[start:start + chunk], vocab_size, where)
+
+
 def check_tokens(tokens: np.ndarray, vocab_size: int, where: str) -> None:
     """Raise DatasetError if any id in tokens (read from the file `where`) is >= vocab_size.
     Cheap enough for every batch: one reduction, no copy."""

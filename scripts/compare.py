@@ -34,13 +34,13 @@ Definitions
 import argparse
 import dataclasses
 import glob
-import json
 import os
 import sys
 from functools import cached_property
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from configurator import Config  # noqa: E402
+from metrics import MetricsError, read_metrics  # noqa: E402
 
 import matplotlib
 
@@ -86,22 +86,6 @@ class Run:
         return float(self.evals["loss"][-1]) if self.complete else None
 
 
-def read_records(path):
-    """The JSON records of a metrics.jsonl; a torn last line (a run killed mid-write) is dropped."""
-    with open(path) as f:
-        lines = f.read().splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise CompareError(f"{path}: line {number} is not JSON") from None
-    return records
-
-
 def columns(records, fields):
     """Arrays of the given fields over records, in iteration order (a repeated iteration keeps its last)."""
     by_iter = {r["iter"]: r for r in records}
@@ -121,7 +105,7 @@ def load_run(path):
     metrics = metrics_path(path)
     if metrics is None:
         raise CompareError(f"no metrics.jsonl under {path}; {RUN_HINT}")
-    records = read_records(metrics)
+    records = read_metrics(metrics)
     configs = [r["config"] for r in records if "config" in r]
     if not configs:
         raise CompareError(f"{metrics} has no config line; is it a metrics.jsonl written by train.py?")
@@ -636,5 +620,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except CompareError as e:
+    except (CompareError, MetricsError) as e:
         sys.exit(f"error: {e}")

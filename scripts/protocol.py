@@ -102,6 +102,8 @@ class Run:
                         warmup_iters=self.warmup_iters, max_iters=self.iters, lr_decay_iters=self.iters,
                         seed=self.seed, out_dir=os.path.join(out, self.name), wandb_run_name=self.name,
                         init_from="resume" if resume else "scratch", **dict(self.overrides))
+        if not resume:  # a start that died before its first checkpoint left a metrics.jsonl: keep it aside
+            settings["overwrite"] = True
         if self.rho is not None:
             settings["rho"] = self.rho
         paper = os.path.join(ROOT, "config", f"train_gpt2_small_{PAPER_CONFIGS[self.optimizer]}.py")

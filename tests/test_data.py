@@ -128,6 +128,68 @@ def test_cli_end_to_end(tmp_path):
     assert sorted(got) == sorted(docs)
 
 
+# data/prepare.py: one-line errors, nothing written
+
+
+def prepare_error_line(*args: str) -> str:
+    """Run data/prepare.py expecting a clean failure: non-zero exit and one stderr line, 'error: ...'."""
+    result = subprocess.run([sys.executable, "data/prepare.py", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    lines = result.stderr.splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+BAD_INPUTS = [  # file name, its bytes (None: no such file), what the error says ({path}: the file's path)
+    ("missing.txt", None, "cannot read {path}: No such file or directory"),
+    ("empty.txt", b"", "{path} has no documents"),
+    ("blank.jsonl", b"\n  \n", "{path} has no documents"),
+    ("latin1.txt", "café".encode("latin-1"), "{path} is not UTF-8 text"),
+    ("notes.md", b"# notes", "{path}: unsupported input, expected .txt or .jsonl"),
+    ("bad.jsonl", b'{"text": "a"}\n\n{"text": "b",}\n', "{path}:3 is not valid JSON"),  # the blank line counts
+    ("array.jsonl", b'{"text": "a"}\n["b"]\n', "{path}:2 is an array, not a JSON object; each line must be an "
+                                                "object holding its text in the field named by --text_field"),
+    ("other.jsonl", b'\n{"body": "a"}\n', "{path}:2 has no 'text' field; pick the field with --text_field"),
+    ("number.jsonl", b'{"text": 1}\n', "{path}:1 has a number in its 'text' field, not a string; pick the text "
+                                        "field with --text_field"),
+    ("plain.txt.xz", b"plain text", "{path} is not valid xz-compressed data"),
+    ("cut.jsonl.xz", lzma.compress(b'{"text": "a"}\n' * 100)[:40], "{path} is not valid xz-compressed data"),
+    ("one.txt", b"a single document", "need at least 2 documents to make a train and a val split, got 1; give more "
+                                      "input, or split .txt files at blank lines with --split_blank_lines"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    line = prepare_error_line("--input", str(path), "--out", str(tmp_path / "out"))
+    assert message.format(path=path) in line
+    assert os.listdir(tmp_path) == ([] if content is None else [name])
+
+
+@pytest.mark.parametrize("out", ["a_file", "a_file/sub"])
+def test_cli_unwritable_out_is_one_line_and_writes_nothing(tmp_path, out):
+    (tmp_path / "docs.txt").write_text("one\n\ntwo\n", encoding="utf-8")
+    (tmp_path / "a_file").write_text("kept", encoding="utf-8")
+    docs = str(tmp_path / "docs.txt")
+    line = prepare_error_line("--input", docs, "--split_blank_lines", "--out", str(tmp_path / out))
+    assert f"cannot write to --out {tmp_path / out}: " in line and "pick another folder" in line
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "docs.txt"] and (tmp_path / "a_file").read_text() == "kept"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_cli_read_only_out_is_one_line_and_writes_nothing(tmp_path):
+    (tmp_path / "docs.txt").write_text("one\n\ntwo\n", encoding="utf-8")
+    docs = str(tmp_path / "docs.txt")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)
+    for out in (read_only, read_only / "sub"):
+        line = prepare_error_line("--input", docs, "--split_blank_lines", "--out", str(out))
+        assert f"cannot write to --out {out}: Permission denied" in line
+    assert os.listdir(read_only) == []
+
+
 # data/tokens.py: errors
 
 

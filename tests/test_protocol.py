@@ -68,6 +68,7 @@ def test_train_args_give_the_intended_config():
     assert (cfg.warmup_iters, cfg.max_iters, cfg.lr_decay_iters, cfg.seed) == (150, 600, 600, 1337)
     assert cfg.out_dir == os.path.join("out-x", adamw.name) and cfg.wandb_run_name == adamw.name
     assert cfg.init_from == "scratch" and config(adamw, resume=True).init_from == "resume"
+    assert cfg.overwrite and not config(adamw, resume=True).overwrite  # a failed start's files moved aside
     assert (cfg.weight_decay, cfg.beta2) == (0.1, 0.95)  # the AdamW paper config
     assert (cfg.n_layer, cfg.n_embd, cfg.total_bs, cfg.dataset) == (6, 384, 64, "enwiki")  # the scale config
 

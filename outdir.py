@@ -1,0 +1,99 @@
+"""
+The run's folder (out_dir): one process trains in it at a time, and a new run never replaces an old one.
+
+Before anything is written, the master process claims the folder: an exclusive lock on out_dir/train.lock
+(fcntl.flock: the kernel drops it when the process ends, however it ends, so it never goes stale), then a
+check that a run from scratch is not about to replace the run already there (its ckpt.pt or
+metrics.jsonl). With overwrite=True that run's files are moved into out_dir/overwritten-<date-time>/
+instead: nothing is deleted. A start that fails after the claim removes the folders the claim created.
+"""
+
+import fcntl
+import os
+import time
+
+RUN_FILES = ("ckpt.pt", "metrics.jsonl")
+LOCK_FILE = "train.lock"
+
+
+class OutDirError(Exception):
+    pass
+
+
+class OutDir:
+    def __init__(self, path):
+        self.path = path
+        self.created = []  # the folders the claim made, outermost first
+        self.lock = None
+
+    def claim(self, init_from, overwrite):
+        """Lock the folder for this process and check it; returns where an overwritten run's files went
+        (None if nothing was moved)."""
+        try:
+            self._make_folders()
+            self.lock = open(os.path.join(self.path, LOCK_FILE), "a+")
+        except OSError as e:
+            self.abandon()
+            raise OutDirError(f"cannot write to out_dir {self.path}: {e.strerror}; choose a folder you can "
+                              f"write to with --out_dir") from None
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock.seek(0)
+            owner = self.lock.read().strip() or "?"
+            self.lock.close()
+            raise OutDirError(f"another process (pid {owner}) is training in {self.path}; wait for it to end "
+                              f"or choose another --out_dir") from None
+        self.lock.truncate(0)
+        self.lock.write(f"{os.getpid()}\n")
+        self.lock.flush()
+        existing = [name for name in RUN_FILES if os.path.exists(os.path.join(self.path, name))]
+        if init_from == "scratch" and existing:
+            if not overwrite:
+                self.lock.close()
+                raise OutDirError(f"{self.path} already holds a run ({', '.join(existing)}): continue it with "
+                                  f"--init_from=resume, choose another --out_dir, or pass --overwrite=True to "
+                                  f"move its files into {self.path}/overwritten-<date-time>/")
+            return self._move_aside(existing)
+        return None
+
+    def _make_folders(self):
+        missing, folder = [], os.path.abspath(self.path)
+        while not os.path.isdir(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        for folder in reversed(missing):
+            os.mkdir(folder)
+            self.created.append(folder)
+
+    def _move_aside(self, names):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target, n = os.path.join(self.path, f"overwritten-{stamp}"), 1
+        while os.path.exists(target):  # two overwrites within a second
+            n += 1
+            target = os.path.join(self.path, f"overwritten-{stamp}-{n}")
+        os.mkdir(target)
+        for name in names:
+            os.replace(os.path.join(self.path, name), os.path.join(target, name))
+        return target
+
+    def release(self):
+        """Unlock (the process's exit would, too: this is for runs inside a longer-lived process)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def abandon(self):
+        """Undo a claim whose run failed to start: unlock, and remove the folders it created (with the lock
+        file, the only thing in them yet)."""
+        self.release()
+        if self.created:
+            lock_path = os.path.join(self.path, LOCK_FILE)
+            if os.path.exists(lock_path):
+                os.remove(lock_path)
+            for folder in reversed(self.created):
+                try:
+                    os.rmdir(folder)
+                except OSError:  # not empty after all: leave it
+                    break
+            self.created = []
