@@ -34,6 +34,7 @@ from data.tokens import DatasetError, check_all_tokens, check_tokens, open_split
 from metrics import MetricsError, MetricsLog, check_wandb
 from model import GPT, GPTConfig
 from outdir import OutDir, OutDirError
+from progress import Eta, duration, warn_if_too_big_for_the_cpu
 from sophia import Lion, SophiaG, SophiaH, hessian_vector_product, rademacher_like, sampled_cross_entropy
 
 
@@ -645,7 +646,7 @@ class StopRequest:
         return bool(flag.item())
 
 
-# ----------------------------------------------------------------------------- telling a person
+# ----------------------------------------------------------------------------- the run
 
 def usage():
     return (__doc__.strip() + "\n\nConfig keys and their defaults (set them in a config file or as "
@@ -655,58 +656,6 @@ def usage():
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
-
-
-def duration(seconds):
-    """Seconds as a short human-readable duration: 45s, 3m12s, 2h05m, 3d04h."""
-    seconds = round(seconds)
-    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}{seconds % size // sub_size:02d}{sub}"
-    return f"{seconds}s"
-
-
-class Eta:
-    """Time left to max_iters at this process's wall-clock pace since its first log line (which leaves out
-    start-up and compilation; evaluations and checkpoints are in)."""
-
-    def __init__(self, max_iters):
-        self.max_iters, self.origin = max_iters, None
-
-    def __call__(self, it, seconds_per_iter):
-        """At the first log line the pace is that line's seconds_per_iter."""
-        now = time.perf_counter()
-        if self.origin is None:
-            self.origin = (it, now)
-        else:
-            seconds_per_iter = (now - self.origin[1]) / (it - self.origin[0])
-        return duration(seconds_per_iter * (self.max_iters - it))
-
-
-def cpu_flops():
-    """This CPU's float32 matmul FLOP/s, measured (~0.1 s; no random numbers drawn: a resumed run's are restored)."""
-    a = torch.full((512, 512), 0.5)
-    a @ a
-    start = time.perf_counter()
-    for _ in range(8):
-        a @ a
-    return 8 * 2 * 512**3 / (time.perf_counter() - start)
-
-
-def warn_if_too_big_for_the_cpu(trainer):
-    """A GPU-sized config started on a CPU says so at once, with what an iteration will cost, rather than
-    running silently for minutes at many GB (from 10 s per iteration on)."""
-    model, cfg = trainer.model, trainer.cfg
-    tokens = trainer.tokens_per_iter / trainer.dist.world_size
-    seconds = model.flops_per_token() * tokens / cpu_flops()
-    if seconds < 10:
-        return
-    # weights, gradients and two optimizer states in fp32; a micro-batch's logits, softmax and their gradient
-    memory = 16 * model.num_params(non_embedding=False) + 3 * 4 * cfg.batch_size * cfg.block_size * model.config.vocab_size
-    print(f"warning: a GPU-sized run on the CPU: {model.num_params() / 1e6:.0f}M parameters, {tokens:,.0f} tokens per "
-          f"iteration; expect ~{duration(seconds)} per iteration at this CPU's measured speed and over "
-          f"{memory / 2**30:.0f} GB of memory. For a CPU run start from config/train_cpu_demo.py",
-          file=sys.stderr, flush=True)
 
 
 def start(argv):
@@ -748,7 +697,7 @@ def run(cfg, dist, trainer):
         if cfg.init_from == "resume":
             say(f"resuming {cfg.out_dir}/ckpt.pt at iteration {trainer.iter_num} of {cfg.max_iters}")
         if trainer.device_type == "cpu":
-            warn_if_too_big_for_the_cpu(trainer)
+            warn_if_too_big_for_the_cpu(trainer.model, trainer.tokens_per_iter / dist.world_size, cfg.batch_size)
         log = MetricsLog(cfg, resume_iter=trainer.iter_num if cfg.init_from == "resume" else None,
                          wandb_run_id=trainer.wandb_run_id)
         trainer.wandb_run_id = log.wandb_run_id

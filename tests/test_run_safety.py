@@ -30,11 +30,12 @@ import numpy as np
 import pytest
 import torch
 
-import train
+import progress
 from checkpoint import load_checkpoint
-from configurator import Config, load_config
+from configurator import Config
 from data.tokens import write_tokens
 from metrics import read_metrics
+from model import GPT, GPTConfig
 from test_train import (GLOO, REPO_ROOT, TORCHRUN, TRAIN_PY, args, file_bytes, one_error_line, records, run_main,
                         subprocess_env, wait_for)
 
@@ -450,21 +451,20 @@ def test_progress_lines(data_root, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- 12. a GPU-sized run on a CPU
 
-def test_a_gpu_sized_config_on_the_cpu_warns(data_root, tmp_path, monkeypatch, capsys):
-    """The warning's function on a Trainer for the paper's GPT-2 small (built, never trained: a few
-    seconds and 0.5 GB), and on one for the tiny model, which it must not warn about."""
-    monkeypatch.chdir(data_root)
-    paper = os.path.join(REPO_ROOT, "config", "train_gpt2_small_sophia.py")
-    big = train.Trainer(*train.init_distributed(load_config(
-        [paper, "--device=cpu", "--dataset=tiny", "--compile=False", f"--out_dir={tmp_path / 'big'}"])))
-    capsys.readouterr()
-    train.warn_if_too_big_for_the_cpu(big)
+def test_a_gpu_sized_config_on_the_cpu_warns(capsys):
+    """GPT-2 small (built, never trained: a second and 0.5 GB) at the paper's 480 x 1024 tokens per iteration
+    warns; the tiny model does not."""
+    progress.warn_if_too_big_for_the_cpu(GPT(GPTConfig()), 480 * 1024, batch_size=12)
     warning = capsys.readouterr().err
-    del big
     assert warning.startswith("warning:"), warning
     assert "124M parameters" in warning and "491,520 tokens per iteration" in warning
     assert re.search(r"~\d+[smhd]\w* per iteration", warning), warning
 
-    tiny = train.Trainer(*train.init_distributed(load_config(args(out_dir=tmp_path / "tiny"))))
-    train.warn_if_too_big_for_the_cpu(tiny)
+    tiny = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32))
+    progress.warn_if_too_big_for_the_cpu(tiny, 4 * 32, batch_size=2)
     assert capsys.readouterr().err == ""
+
+
+def test_durations_read_as_a_person_writes_them():
+    assert [progress.duration(s) for s in (0.4, 45, 192, 7500, 3 * 86400 + 4 * 3600 + 59)] == \
+        ["0s", "45s", "3m12s", "2h05m", "3d04h"]
