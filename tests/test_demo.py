@@ -2,13 +2,14 @@
 validation loss falls clearly below the unigram baseline of the embedded corpus (the slowest test:
 ~2 minutes on 2 cores; measured 7.52 against 7.77 at iteration 150)."""
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 
 import numpy as np
+
+from metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +30,7 @@ def test_cpu_demo_beats_the_unigram_baseline(tmp_path):
                     "config/train_cpu_demo.py", "--out_dir=out", "--learning_rate=1e-2", "--min_lr=5e-4",
                     "--max_iters=150"], cwd=tmp_path, env=env, check=True, capture_output=True)
 
-    records = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    records = read_metrics(tmp_path / "out" / "metrics.jsonl")
     val = [r["val/loss"] for r in records if "val/loss" in r]
     baseline = unigram_loss(data / "train.bin", data / "val.bin")
     assert 7.5 < baseline < 8.0  # ~7.77 nats: the corpus is what the demo expects

@@ -31,6 +31,7 @@ import pytest
 import torch
 
 import progress
+import train
 from checkpoint import load_checkpoint
 from configurator import Config
 from data.tokens import write_tokens
@@ -468,3 +469,18 @@ def test_a_gpu_sized_config_on_the_cpu_warns(capsys):
 def test_durations_read_as_a_person_writes_them():
     assert [progress.duration(s) for s in (0.4, 45, 192, 7500, 3 * 86400 + 4 * 3600 + 59)] == \
         ["0s", "45s", "3m12s", "2h05m", "3d04h"]
+
+def test_a_second_signal_ends_the_process_at_once():
+    """The first SIGTERM or SIGINT only asks for a stop; the handler then gives the signal back to its
+    default action, so a second one ends the process without waiting (Ctrl-C twice)."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop = train.StopRequest()
+        assert not stop.requested
+        stop._handle(signal.SIGINT, None)
+        assert stop.requested
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) == stop._handle  # the other signal still asks politely
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
