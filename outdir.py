@@ -8,6 +8,7 @@ metrics.jsonl). With overwrite=True that run's files are moved into out_dir/over
 instead: nothing is deleted. A start that fails after the claim removes the folders the claim created.
 """
 
+import errno
 import fcntl
 import os
 import time
@@ -34,8 +35,8 @@ class OutDir:
             self.lock = open(os.path.join(self.path, LOCK_FILE), "a+")
         except OSError as e:
             self.abandon()
-            raise OutDirError(f"cannot write to out_dir {self.path}: {e.strerror}; choose a folder you can "
-                              f"write to with --out_dir") from None
+            raise OutDirError(f"cannot write to out_dir {self.path} ({e.filename}: {e.strerror}); choose a "
+                              f"folder you can write to with --out_dir") from None
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,6 +61,8 @@ class OutDir:
     def _make_folders(self):
         missing, folder = [], os.path.abspath(self.path)
         while not os.path.isdir(folder):
+            if os.path.exists(folder):  # a file on the way
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
             missing.append(folder)
             folder = os.path.dirname(folder)
         for folder in reversed(missing):
