@@ -21,10 +21,12 @@ import glob
 import inspect
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +35,7 @@ import torch
 import progress
 import train
 from checkpoint import load_checkpoint
+from conftest import write_tiny_dataset
 from configurator import Config
 from data.tokens import write_tokens
 from metrics import read_metrics
@@ -370,11 +373,17 @@ def test_wandb_without_a_login_is_one_line(data_root, tmp_path):
 # ----------------------------------------------------------------------------- 9. another working directory
 
 def test_a_dataset_in_the_repository_is_found_from_another_directory(tmp_path):
-    if not os.path.exists(os.path.join(REPO_ROOT, "data", "enwiki_sample", "train.bin")):
-        pytest.skip("data/enwiki_sample is not prepared (python data/enwiki_sample/prepare.py)")
-    elsewhere = tmp_path / "elsewhere"  # no data/ here
-    elsewhere.mkdir()
-    run_main(args(dataset="enwiki_sample", out_dir=tmp_path / "out", max_iters=2, eval_interval=1000), elsewhere)
+    """A tiny dataset made in the repository's data/ for this test (and removed after it), trained on from a
+    folder that has no data/."""
+    name = f"test-elsewhere-{os.getpid()}"
+    in_repo = Path(REPO_ROOT) / "data" / name
+    write_tiny_dataset(in_repo)
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        run_main(args(dataset=name, out_dir=tmp_path / "out", max_iters=2, eval_interval=1000), elsewhere)
+    finally:
+        shutil.rmtree(in_repo)
     assert checkpoint_iteration(tmp_path / "out") == 2
 
 
