@@ -30,7 +30,10 @@ ops, and `fused`: that multi-tensor body compiled by torch.compile into a few fu
 default on CUDA, where the update is bound by memory traffic).
 """
 
+import contextlib
+
 import torch
+import torch.distributed
 import torch.nn.functional as F
 from torch.optim.optimizer import Optimizer
 
@@ -61,7 +64,7 @@ def sampled_cross_entropy(logits, generator=None):
     gives the Gauss-Newton-Bartlett estimate B * g_hat^2 (B = number of rows of `logits`)."""
     logits = logits.reshape(-1, logits.size(-1))
     labels = sample_from_logits(logits.detach(), generator)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits.float(), labels)  # fp32, as under autocast: logits may come out of it in bf16
 
 
 def rademacher_like(tensors, generator=None):
@@ -367,3 +370,102 @@ class Lion(_ClippedSignOptimizer):
                         weight_decay=group["weight_decay"])
 
         return self._run_step(closure, update)
+
+
+# ----------------------------------------------------------------------------- refreshes, for any training loop
+#
+# Call one of these every k steps, between an optimizer step and the next backward (they use and clear
+# p.grad). Under torch.distributed, every rank calls it with its own share of the refresh batch; the
+# gradient is averaged over ranks here, so pass the plain model's forward, not the DDP wrapper's.
+
+def micro_batch_seed(seed, index):
+    """The sampling seed of micro-batch `index` (counted over all ranks) of a refresh seeded with `seed` (an
+    int or a tuple of ints): the labels then depend neither on the number of processes nor on the order in
+    which they run."""
+    return hash((*(seed if isinstance(seed, tuple) else (seed,)), index))
+
+
+@contextlib.contextmanager
+def seeded(seed, device):
+    """Draw from the global generators (dropout, sampling) as if just seeded with `seed`; they are left
+    as they were."""
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _rank_and_world_size():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _params(optimizer, params):
+    return list(params) if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
+
+
+@torch.no_grad()
+def fold_in_estimate(optimizer, params=None, *, max_norm=None):
+    """The end of every refresh: p.grad holds this process's estimate; average it over ranks, clip its global
+    norm at max_norm (if given), fold it into the Hessian EMA (optimizer.update_hessian()) and clear p.grad.
+    `params`: the optimizer's, in the order to take them (it decides float rounding, not the result)."""
+    params = [p for p in _params(optimizer, params) if p.grad is not None]
+    grads = [p.grad for p in params]
+    _, world_size = _rank_and_world_size()
+    if world_size > 1:
+        for g in grads:
+            torch.distributed.all_reduce(g)  # SUM, then divide: gloo has no AVG
+        torch._foreach_div_(grads, world_size)
+    if max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.nn.utils.get_total_norm(grads))
+    optimizer.update_hessian()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def gnb_refresh(optimizer, logits_fn, inputs, *, params=None, max_norm=None, seed=None, loss_fn=None):
+    """Sophia-G's refresh (the official one): g_hat = the gradient of the mean, over the micro-batches
+    `inputs` (and over ranks), of the cross-entropy of `logits_fn(X)` against labels sampled from its own
+    softmax; clipped at max_norm like a training gradient (the official code clips it at grad_clip); then
+    h <- beta2 h + (1 - beta2) g_hat^2. Micro-batch i of rank r samples (and runs dropout) under
+    `micro_batch_seed(seed, r * len(inputs) + i)` when a seed is given, else from the global generators.
+    `loss_fn(logits)` replaces sampled_cross_entropy (e.g. a compiled copy of it).
+    Returns the number of tokens behind the estimate (over all ranks): pass it to step(bs=...)."""
+    rank, world_size = _rank_and_world_size()
+    loss_fn = loss_fn or sampled_cross_entropy
+    tokens = 0
+    for i, X in enumerate(inputs):
+        with seeded(micro_batch_seed(seed, rank * len(inputs) + i), X.device) if seed is not None else \
+                contextlib.nullcontext():
+            logits = logits_fn(X)
+            loss = loss_fn(logits)
+        (loss * (1 / len(inputs))).backward()  # as gradient accumulation scales a micro-batch
+        tokens += logits[..., 0].numel()
+    fold_in_estimate(optimizer, params, max_norm=max_norm)
+    return tokens * world_size
+
+
+def sampled_gradient(logits, params, *, scale=1.0, seed=None, loss_fn=None):
+    """For Sophia-G's refresh from the training batch (one extra backward pass, no extra forward): the
+    gradient of scale * sampled_cross_entropy(logits) w.r.t. params, from the logits of the training
+    step's own forward pass, whose graph is kept for the training loss's backward. Sum it over the
+    micro-batches with scale = 1 / their number, put the sum in p.grad after the step, then call
+    fold_in_estimate. `seed`: this micro-batch's (see micro_batch_seed)."""
+    with seeded(seed, logits.device) if seed is not None else contextlib.nullcontext():
+        loss = (loss_fn or sampled_cross_entropy)(logits)
+    return torch.autograd.grad(loss * scale, params, retain_graph=True)
+
+
+def hutchinson_refresh(optimizer, loss_fn, inputs, *, params=None, generator=None):
+    """Sophia-H's refresh: u * (H u), H the Hessian of the mean of loss_fn(batch) over the micro-batches
+    `inputs` (and over ranks), u one Rademacher vector from `generator` (seed it alike on every rank), by
+    double backward (the model must be twice differentiable: see GPT.explicit_attention); then
+    h <- beta2 h + (1 - beta2) u * (H u). Returns 1, SophiaH's step bs."""
+    params = [p for p in _params(optimizer, params) if p.requires_grad]
+    probe = rademacher_like(params, generator)
+    for batch in inputs:
+        loss = loss_fn(batch) / len(inputs)
+        for p, hv in zip(params, hessian_vector_product(loss, params, probe)):
+            p.grad = hv if p.grad is None else p.grad.add_(hv)
+    torch._foreach_mul_([p.grad for p in params], probe)  # u = +-1: exact, so before or after averaging
+    fold_in_estimate(optimizer, params)
+    return 1

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -35,7 +35,8 @@ from metrics import MetricsError, MetricsLog, check_wandb
 from model import GPT, GPTConfig
 from outdir import OutDir, OutDirError
 from progress import Eta, duration, warn_if_too_big_for_the_cpu
-from sophia import Lion, SophiaG, SophiaH, hessian_vector_product, rademacher_like, sampled_cross_entropy
+from sophia import (Lion, SophiaG, SophiaH, fold_in_estimate, gnb_refresh, hutchinson_refresh, micro_batch_seed,
+                    sampled_cross_entropy, sampled_gradient)
 
 
 # ----------------------------------------------------------------------------- processes and devices
@@ -269,11 +270,6 @@ def data_loss(model, X, Y):
     return model(X, Y)[1]
 
 
-def sampled_loss(model, X):
-    """Sophia-G's refresh loss: cross-entropy against labels sampled from the model's own softmax."""
-    return sampled_cross_entropy(model(X)[0])
-
-
 def accumulate_gradients(model, micro_batches, loss_fn, ctx, reduction="mean"):
     """Backpropagate the mean of `loss_fn(model, X, Y)` over the micro-batches [(X, Y), ...], so p.grad
     holds the gradient of the global batch's mean loss; DDP synchronises gradients on the last
@@ -351,7 +347,6 @@ class Trainer:
         if self.gnb_from_train_batch:
             self.compile_settings = torch._functorch.config.patch(donated_buffer=False)
         self.compiled = compiled(self.model)
-        self.sampled_loss = compiled(sampled_loss)
         self.sampled_cross_entropy = compiled(sampled_cross_entropy)
         self.ddp_model = self.compiled
         if dist.world_size > 1:
@@ -404,45 +399,33 @@ class Trainer:
             self.refresh()
         return loss
 
-    @contextmanager
-    def sampling_seeded(self, iteration, index):
-        """Sophia-G's label sampling, seeded by (seed, iteration, the micro-batch's index in the global
-        refresh batch): the estimate does not depend on the number of processes, and resumes exactly."""
-        with torch.random.fork_rng(devices=[self.dist.device] if self.device_type == "cuda" else []):
-            torch.manual_seed(hash((self.cfg.seed, iteration, index)))
-            yield
-
     def refresh_gnb(self):
-        """Sophia-G: the gradient g_hat of the mean loss against sampled labels over hess_total_bs
-        sequences (averaged over ranks), clipped like a gradient, folded in as g_hat^2; the step's bs =
-        the tokens in that batch. As the official code, the batch is a fresh one (gnb_batch='fresh'):
-        an extra forward and backward pass. With gnb_batch='train', g_hat was already computed from the
-        iteration's own forward pass (data_loss_and_gnb_gradient): one extra backward pass.
-
-        The model, not DDP's wrapper, runs the fresh pass; the gradient is averaged over ranks here."""
+        """Sophia-G (sophia.gnb_refresh): g_hat from the mean loss against sampled labels over hess_total_bs
+        sequences, averaged over ranks and clipped like a gradient. As the official code, the batch is a
+        fresh one (gnb_batch='fresh'): an extra forward and backward pass, by the plain model (the refresh
+        averages over ranks itself). With gnb_batch='train', g_hat was already computed from the
+        iteration's own forward pass (data_loss_and_gnb_gradient): one extra backward pass. Labels are
+        seeded by (seed, iteration, micro-batch index): the same for any number of processes, and on resume."""
+        params = list(self.model.parameters())
         if self.gnb_from_train_batch:
-            for p, g in zip(self.model.parameters(), self.gnb_gradient):
+            for p, g in zip(params, self.gnb_gradient):
                 p.grad = g
             self.gnb_gradient = None
+            fold_in_estimate(self.optimizer, params, max_norm=self.cfg.grad_clip)
         else:
-            micro_batches = self.train_data.next_batch(self.hess_total_bs)
-            first = self.dist.rank * len(micro_batches)
+            inputs = [X for X, _ in self.train_data.next_batch(self.hess_total_bs)]
+            gnb_refresh(self.optimizer, self.logits, inputs, params=params, max_norm=self.cfg.grad_clip,
+                        seed=(self.cfg.seed, self.iter_num), loss_fn=self.sampled_cross_entropy)
 
-            def loss_fn(model, X, index):
-                with self.sampling_seeded(self.iter_num, index):
-                    return self.sampled_loss(model, X)
-
-            accumulate_gradients(self.model, [(X, first + i) for i, (X, _) in enumerate(micro_batches)],
-                                 loss_fn, self.ctx)
-        self.average_gradients_over_ranks()
-        self.clip_gradients()
-        self.optimizer.update_hessian()
-        self.optimizer.zero_grad(set_to_none=True)
+    def logits(self, X):
+        with self.ctx:
+            return self.compiled(X)[0]
 
     def data_loss_and_gnb_gradient(self):
         """A loss_fn for accumulate_gradients that, on the first micro-batches (hess_total_bs sequences
         over all ranks), also backpropagates the cross-entropy against labels sampled from the same
-        forward pass's logits, into self.gnb_gradient (for refresh_gnb, after this iteration's step)."""
+        forward pass's logits (sophia.sampled_gradient) into self.gnb_gradient, for refresh_gnb after this
+        iteration's step. Seeded as the fresh refresh's labels, by the refreshing iteration's number."""
         params = list(self.model.parameters())
         n_micro = self.hess_total_bs // (self.cfg.batch_size * self.dist.world_size)
         self.gnb_gradient = [torch.zeros_like(p) for p in params]
@@ -452,41 +435,25 @@ class Trainer:
             logits, loss = model(X, Y)
             i = next(index, None)
             if i is not None:
-                with self.sampling_seeded(self.iter_num + 1, self.dist.rank * n_micro + i):
-                    sampled = self.sampled_cross_entropy(logits)
-                grads = torch.autograd.grad(sampled / n_micro, params, retain_graph=True)
-                torch._foreach_add_(self.gnb_gradient, grads)
+                seed = micro_batch_seed((self.cfg.seed, self.iter_num + 1), self.dist.rank * n_micro + i)
+                torch._foreach_add_(self.gnb_gradient, sampled_gradient(
+                    logits, params, scale=1 / n_micro, seed=seed, loss_fn=self.sampled_cross_entropy))
             return loss
 
         return loss_fn
 
-    def average_gradients_over_ranks(self):
-        """p.grad <- its mean over ranks (for the refreshes, which run outside DDP). SUM then divide:
-        gloo has no AVG."""
-        if self.dist.world_size > 1:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            for g in grads:
-                torch_dist.all_reduce(g)
-            torch._foreach_div_(grads, self.dist.world_size)
-
     def refresh_hutchinson(self):
-        """Sophia-H: u * (H u) for the Hessian of the mean loss over a fresh batch, with one Rademacher
-        u (seeded by (seed, iteration), so the same on every rank); H u is accumulated over micro-batches
-        and averaged over ranks. Runs on the plain model with explicit attention: double backward needs
-        neither compile nor DDP nor SDPA."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        probe = rademacher_like(params, seeded(hash((self.cfg.seed, self.iter_num)), self.dist.device))
-        micro_batches = self.train_data.next_batch(self.hess_total_bs)
+        """Sophia-H (sophia.hutchinson_refresh): u * (H u) for the Hessian of the mean loss over a fresh
+        batch, with one Rademacher u seeded by (seed, iteration), so the same on every rank. Runs on the plain
+        model with explicit attention: double backward needs neither compile nor DDP nor SDPA."""
+        def loss_fn(batch):
+            with self.ctx:
+                return data_loss(self.model, *batch)
+
         with self.model.explicit_attention():
-            for X, Y in micro_batches:
-                with self.ctx:
-                    loss = data_loss(self.model, X, Y) / len(micro_batches)
-                for p, hv in zip(params, hessian_vector_product(loss, params, probe)):
-                    p.grad = hv if p.grad is None else p.grad.add_(hv)
-        self.average_gradients_over_ranks()
-        torch._foreach_mul_([p.grad for p in params], probe)
-        self.optimizer.update_hessian()
-        self.optimizer.zero_grad(set_to_none=True)
+            hutchinson_refresh(self.optimizer, loss_fn, self.train_data.next_batch(self.hess_total_bs),
+                               params=list(self.model.parameters()),
+                               generator=seeded(hash((self.cfg.seed, self.iter_num)), self.dist.device))
 
     # --- evaluation
 
