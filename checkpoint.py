@@ -1,15 +1,26 @@
 """
-Checkpoints: written atomically, read without running code (weights_only), with one-line errors.
+Checkpoints: written atomically, read without running code (weights_only), with one-line errors. The model in
+a checkpoint of the official Sophia code (github.com/Liuhong99/Sophia, nanoGPT's format) loads too.
 """
 
+import dataclasses
 import os
 import random
+import re
 import warnings
 
 import numpy as np
 import torch
 
 from data.tokens import atomic_write  # the token files' temp-file-and-rename writer
+from model import GPT, GPTConfig
+
+# The official code saves the model it trains, which under torch.compile is a wrapper holding it as _orig_mod
+# (and under DDP as module): its parameter names carry these prefixes.
+WRAPPER_PREFIXES = re.compile(r"^(?:_orig_mod\.|module\.)+")
+# The official model's causal masks (Hugging Face's GPT-2 also has masked_bias): buffers, not weights, made
+# from block_size; our attention makes its mask itself.
+MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 class CheckpointError(RuntimeError):
@@ -46,6 +57,37 @@ def short_reason(error):
     if isinstance(error, RuntimeError) and message:
         return message.splitlines()[0].split(". ")[0]
     return type(error).__name__
+
+
+def model_state(state):
+    """A state dict for our GPT from a checkpoint's 'model': ours as it is, or the official code's, whose names
+    are ours once the wrappers' prefixes and the mask buffers are gone."""
+    return {WRAPPER_PREFIXES.sub("", key): tensor for key, tensor in state.items() if not key.endswith(MASK_BUFFERS)}
+
+
+def gpt_config(model_args):
+    """Our GPTConfig from a checkpoint's 'model_args' (the official code's has the same keys). A setting that our
+    GPT lacks would change what the weights compute, so it is refused rather than dropped."""
+    unknown = sorted(set(model_args) - {field.name for field in dataclasses.fields(GPTConfig)})
+    if unknown:
+        settings = ", ".join(f"{key}={model_args[key]!r}" for key in unknown)
+        raise CheckpointError(f"the checkpoint's model has settings that model.py does not have: {settings}")
+    return GPTConfig(**model_args)
+
+
+def model_from_checkpoint(ckpt):
+    """Our GPT with a checkpoint's weights, ours or the official code's. The official model's GELU is the tanh
+    approximation and ours is exact, so its logits differ here slightly (README)."""
+    missing = [key for key in ("model_args", "model") if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"the checkpoint has no {' or '.join(missing)} entry: it is not a model checkpoint")
+    model = GPT(gpt_config(ckpt["model_args"]))
+    try:
+        model.load_state_dict(model_state(ckpt["model"]))
+    except RuntimeError as e:  # torch's message: a header line, then one line per kind of mismatch
+        detail = str(e).strip().splitlines()[1:] or [str(e)]
+        raise CheckpointError(f"the checkpoint's weights do not fit its model_args: {detail[0].strip()}") from None
+    return model
 
 
 def rng_state(device):

@@ -5,8 +5,9 @@ Training configuration: every knob with its default, and how a run sets it.
 
 Config files (`config/*.py`) are plain Python assignments; `--key=value` overrides are parsed as Python
 literals (strings may be left unquoted). Both apply in command-line order. Key names follow the official
-Sophia code (github.com/Liuhong99/Sophia), so its published configs read the same. An unknown key, a value
-of the wrong type or an invalid choice stops the run with one line that names the key and what is valid.
+Sophia code (github.com/Liuhong99/Sophia), so its published configs read the same; the few official keys
+that differ (OFFICIAL_KEYS) are translated or ignored, each with a one-line note on stderr. An unknown key, a
+value of the wrong type or an invalid choice stops the run with one line that names the key and what is valid.
 """
 
 import ast
@@ -14,6 +15,7 @@ import dataclasses
 import difflib
 import inspect
 import os
+import sys
 import textwrap
 import types
 from dataclasses import dataclass
@@ -32,7 +34,9 @@ class Config:
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # else save at an evaluation only when val loss improved
     checkpoint_interval: int = 0  # save at evaluations only every this many iterations; 0 = at each one
-    init_from: str = "scratch"  # 'scratch' (a new run) or 'resume' (continue out_dir/ckpt.pt)
+    # 'scratch' (a new run), 'resume' (continue out_dir/ckpt.pt), or a checkpoint's path ending in .pt: a new
+    # run that starts from its weights (fine-tuning; ours or the official code's), with a fresh optimizer
+    init_from: str = "scratch"
     # a run from scratch refuses an out_dir that holds a run; True moves that run's files into
     # out_dir/overwritten-<date-time>/ first (nothing is deleted)
     overwrite: bool = False
@@ -46,6 +50,10 @@ class Config:
     batch_size: int = 12  # micro-batch per process, in sequences
     block_size: int = 1024  # sequence length, in tokens
     total_bs: int = 480  # global batch in sequences: accumulation = total_bs / (batch_size * processes)
+    # derived at start and logged: micro-steps per process per iteration (total_bs / (batch_size * processes)),
+    # and per Hessian refresh (hess_total_bs / (batch_size * processes)); a value set here is replaced
+    gradient_accumulation_steps: int = 0
+    hess_accumulation_steps: int = 0
     # how micro-batch gradients add up: 'mean' = the gradient of the global batch's mean loss; 'sum' = each
     # micro-batch's mean loss backpropagated undivided (the official train_adam.py; its train_sophiag.py
     # divides), so the gradient is accumulation times larger before clipping
@@ -95,6 +103,24 @@ CHOICES = {
     "gnb_batch": ("fresh", "train"),
     "grad_accumulation": ("mean", "sum"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+}
+# Keys of the official code (its config files and the settings at the top of its train_sophiag.py and
+# train_adam.py) that Config lacks: our key, or None where the key is ignored, and the note saying so.
+OFFICIAL_KEYS = {
+    "interval": ("hess_interval", "config key 'interval' is the official code's Hessian refresh interval "
+                                  "(refresh every this many iterations): read as hess_interval"),
+    "variant": (None, "config key 'variant' is ignored: the official train_sophiag.py and train_adam.py set it "
+                      "(to 4) and never read it"),
+    "gamma": (None, "config key 'gamma' is ignored: in the official train_adam.py only a SophiaG would read it "
+                    "(an early form of its clipping bound), and AdamW does not; Sophia's clipping scale here is rho"),
+}
+# Values of Config keys that the official code accepts and this project does not, and why (for the error).
+OFFICIAL_CHOICES = {
+    "init_from": (("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"),
+                  "the official code's 'gpt2*' values start from OpenAI's GPT-2 weights through Hugging Face "
+                  "transformers, which this project does not use"),
+    "dtype": (("float16",), "the official code's float16 needs gradient scaling, which this project does not do; "
+                            "use bfloat16 (or float32 on a GPU without it)"),
 }
 POSITIVE = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size", "total_bs",
             "n_layer", "n_head", "n_embd", "hess_interval", "learning_rate", "max_iters", "lr_decay_iters")
@@ -194,14 +220,44 @@ def load_config(argv):
             key, eq, text = arg[2:].partition("=")
             if not eq:
                 raise ConfigError(f"expected --key=value, got '{arg}'")
-            values[key] = parse_value(key, text)
+            _assign(values, key, parse_value(key, text))
         else:
-            values.update(read_config_file(arg))
+            for key, value in read_config_file(arg).items():
+                _assign(values, key, value)
     return make_config(**values)
 
 
+def _assign(values, key, value):
+    """values[key] = value, moved to the end: the dict then lists the keys in the order they were last set, so
+    that translating official keys in that order (make_config) lets the later of interval and hess_interval win."""
+    values.pop(key, None)
+    values[key] = value
+
+
+def translate_official_keys(values):
+    """`values` with the official code's keys (OFFICIAL_KEYS) renamed to ours or dropped, each with its note; where
+    two keys become one, the later value wins."""
+    translated = {}
+    for key, value in values.items():
+        if key in OFFICIAL_KEYS:
+            ours, note = OFFICIAL_KEYS[key]
+            _note(note)
+            if ours is None:
+                continue
+            key = ours
+        translated[key] = value
+    return translated
+
+
+def _note(text):
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process reads the config: one says it
+        print(f"note: {text}", file=sys.stderr)
+
+
 def make_config(**values):
-    """A validated Config from keyword values (unknown keys, wrong types and bad choices raise)."""
+    """A validated Config from keyword values (unknown keys, wrong types and bad choices raise); the official
+    code's keys are translated first."""
+    values = translate_official_keys(values)
     types_ = _field_types()
     for key, value in values.items():
         if key not in types_:
@@ -211,8 +267,11 @@ def make_config(**values):
             values[key] = float(value)
     cfg = Config(**values)
     for key, choices in CHOICES.items():
-        if getattr(cfg, key) not in choices:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {getattr(cfg, key)!r}")
+        value = getattr(cfg, key)
+        if value not in choices and not (key == "init_from" and value.endswith(".pt")):
+            official, reason = OFFICIAL_CHOICES.get(key, ((), ""))
+            why = f": {reason}" if value in official else ""
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}{why}")
     check_values(cfg)
     return cfg
 

@@ -49,7 +49,7 @@ class OutDir:
         self.lock.write(f"{os.getpid()}\n")
         self.lock.flush()
         existing = [name for name in RUN_FILES if os.path.exists(os.path.join(self.path, name))]
-        if init_from == "scratch" and existing:
+        if init_from != "resume" and existing:  # a new run: from scratch or from another run's weights
             if not overwrite:
                 self.lock.close()
                 raise OutDirError(f"{self.path} already holds a run ({', '.join(existing)}): continue it with "

@@ -1,5 +1,5 @@
 """
-Sample text from a trained checkpoint.
+Sample text from a trained checkpoint: this project's, or one of the official Sophia code (its out_dir's ckpt.pt).
 
     python sample.py --out_dir=out-cpu-demo --prompt="The history of" --num_samples=2 --max_new_tokens=100
 """
@@ -10,8 +10,7 @@ import sys
 
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint
-from model import GPT, GPTConfig
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from tokenizer import EOT, gpt2_encoding
 
 
@@ -21,9 +20,7 @@ def load_model(out_dir, device):
         raise CheckpointError(f"no checkpoint at {path}; train one with `python train.py <config> --out_dir={out_dir}`"
                               " or point --out_dir at a run's folder")
     ckpt = load_checkpoint(path)
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt["iter_num"]
+    return model_from_checkpoint(ckpt).to(device).eval(), ckpt["iter_num"]
 
 
 def settings_problem(args):

@@ -28,7 +28,8 @@ import torch
 import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
+                        set_rng_state)
 from configurator import OPTIMIZER_NAMES, ConfigError, describe_keys, load_config
 from data.tokens import DatasetError, check_all_tokens, check_tokens, open_split, read_meta
 from metrics import MetricsError, MetricsLog, check_wandb
@@ -56,7 +57,8 @@ class Dist:
 
 
 def init_distributed(cfg):
-    """A Dist for this process, and the config with device, backend and compile resolved."""
+    """A Dist for this process, and the config with everything derived from it resolved (device, backend,
+    compile, the batch settings): what the run logs and checkpoints is what it did."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         cuda = torch.device(device).type == "cuda"
@@ -70,17 +72,35 @@ def init_distributed(cfg):
         raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} GPU(s), "
                           f"numbered from 0")
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cuda else "gloo")
-    cfg = dataclasses.replace(cfg, device=device, backend=backend,
-                              compile=cuda if cfg.compile is None else cfg.compile)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    cfg = resolve_batches(dataclasses.replace(cfg, device=device, backend=backend,
+                                              compile=cuda if cfg.compile is None else cfg.compile),
+                          world_size, rank == 0)
     if "RANK" not in os.environ:  # a single process
         return cfg, Dist(device=device)
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if cuda:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
     torch_dist.init_process_group(backend=backend)
     control = torch_dist.new_group(backend="gloo") if backend != "gloo" else None
     return cfg, Dist(rank, world_size, device, control)
+
+
+def resolve_batches(cfg, world_size, speak=True):
+    """The config with hess_total_bs (0 = total_bs) and the accumulation steps of the training and the
+    Hessian batches written in, for `world_size` processes."""
+    hess_total_bs = cfg.hess_total_bs or cfg.total_bs
+    if cfg.gnb_batch == "train" and hess_total_bs > cfg.total_bs:
+        raise ConfigError(f"gnb_batch='train' takes the refresh batch from the iteration's batch: "
+                          f"hess_total_bs={hess_total_bs} must be <= total_bs={cfg.total_bs}")
+    steps = accumulation_steps(cfg.total_bs, cfg.batch_size, world_size)
+    if cfg.gradient_accumulation_steps not in (0, steps) and speak:  # e.g. an official config, made for 10 GPUs
+        print(f"note: gradient_accumulation_steps={cfg.gradient_accumulation_steps} is replaced by {steps}: the "
+              f"accumulation here is total_bs / (batch_size * processes) = {cfg.total_bs} / ({cfg.batch_size} * "
+              f"{world_size})", file=sys.stderr)
+    return dataclasses.replace(cfg, hess_total_bs=hess_total_bs, gradient_accumulation_steps=steps,
+                               hess_accumulation_steps=accumulation_steps(hess_total_bs, cfg.batch_size, world_size,
+                                                                          key="hess_total_bs"))
 
 
 def accumulation_steps(global_seqs, batch_size, world_size, key="total_bs"):
@@ -230,10 +250,11 @@ def get_lr(it, cfg):
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """What an optimizer's name decides: how to build it from the config, and which Hessian refresh
-    (if any) follows its step every hess_interval iterations."""
-    build: Callable  # (param groups, cfg, cuda) -> torch.optim.Optimizer
-    refresh: Optional[str] = None  # 'gnb' (Sophia-G), 'hutchinson' (Sophia-H) or None
+    """Everything an optimizer's name decides: adding an optimizer is one entry of OPTIMIZERS."""
+    build: Callable  # (param groups, cfg, cuda) -> torch.optim.Optimizer, its hyperparameters from the config
+    refresh: Optional[str] = None  # Hessian refresh after every hess_interval-th step: 'gnb', 'hutchinson' or None
+    step_kwargs: Callable = lambda cfg: {}  # cfg -> extra arguments of optimizer.step()
+    diagnostics: bool = False  # optimizer.diagnostics(**step_kwargs, param_sets=...) joins each log record
 
 
 def sophia(cls):
@@ -246,11 +267,13 @@ OPTIMIZERS = {
     "adamw": OptimizerSpec(lambda groups, cfg, cuda: torch.optim.AdamW(
         groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=cuda)),
     "lion": OptimizerSpec(lambda groups, cfg, cuda: Lion(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))),
-    "sophiag": OptimizerSpec(sophia(SophiaG), refresh="gnb"),
-    "sophiah": OptimizerSpec(sophia(SophiaH), refresh="hutchinson"),
+    # Sophia-G's step needs the number of tokens behind its Hessian estimate (Sophia-H's is 1, its default)
+    "sophiag": OptimizerSpec(sophia(SophiaG), refresh="gnb", diagnostics=True,
+                             step_kwargs=lambda cfg: {"bs": cfg.hess_total_bs * cfg.block_size}),
+    "sophiah": OptimizerSpec(sophia(SophiaH), refresh="hutchinson", diagnostics=True),
     # the control for Sophia-G's Hessian: its update with h never refreshed (h = 0 clips every coordinate),
     # i.e. sign descent with momentum beta1 and the same decoupled weight decay
-    "signmomentum": OptimizerSpec(sophia(SophiaG)),
+    "signmomentum": OptimizerSpec(sophia(SophiaG), diagnostics=True),
 }
 assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES)
 
@@ -304,12 +327,6 @@ class Trainer:
         dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
         self.ctx = torch.autocast(self.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
-        self.accum = accumulation_steps(cfg.total_bs, cfg.batch_size, dist.world_size)
-        self.hess_total_bs = cfg.hess_total_bs or cfg.total_bs
-        accumulation_steps(self.hess_total_bs, cfg.batch_size, dist.world_size, key="hess_total_bs")
-        if cfg.gnb_batch == "train" and self.hess_total_bs > cfg.total_bs:
-            raise ConfigError(f"gnb_batch='train' takes the refresh batch from the iteration's batch: "
-                              f"hess_total_bs={self.hess_total_bs} must be <= total_bs={cfg.total_bs}")
         self.tokens_per_iter = cfg.total_bs * cfg.block_size
 
         self.model = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
@@ -321,11 +338,10 @@ class Trainer:
         self.train_data = Batches(data_dir, "train", cfg, dist, vocab)
         self.val_data = Batches(data_dir, "val", cfg, dist, vocab)
 
-        spec = OPTIMIZERS[cfg.optimizer_name]
-        self.optimizer = spec.build(self.model.optim_groups(cfg.weight_decay), cfg, self.device_type == "cuda")
-        self.refresh = {"gnb": self.refresh_gnb, "hutchinson": self.refresh_hutchinson}.get(spec.refresh)
-        # Sophia-G's step needs the number of tokens behind its Hessian estimate (Sophia-H's is 1, its default)
-        self.step_kwargs = {"bs": self.hess_total_bs * cfg.block_size} if spec.refresh == "gnb" else {}
+        self.spec = OPTIMIZERS[cfg.optimizer_name]
+        self.optimizer = self.spec.build(self.model.optim_groups(cfg.weight_decay), cfg, self.device_type == "cuda")
+        self.refresh = getattr(self, f"refresh_{self.spec.refresh}") if self.spec.refresh else None
+        self.step_kwargs = self.spec.step_kwargs(cfg)
 
         self.iter_num, self.best_val_loss, self.train_time = 0, float("inf"), 0.0
         self.gnb_gradient = None  # gnb_batch='train': g_hat between the iteration's backward and the refresh
@@ -338,9 +354,11 @@ class Trainer:
         self.wandb_run_id = None
         if cfg.init_from == "resume":
             self.load_state(load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")))
+        elif cfg.init_from.endswith(".pt"):
+            self.load_weights(cfg.init_from)
 
         compiled = (lambda f: torch.compile(f, mode=cfg.compile_mode)) if cfg.compile else (lambda f: f)
-        self.gnb_from_train_batch = self.refresh == self.refresh_gnb and cfg.gnb_batch == "train"
+        self.gnb_from_train_batch = self.spec.refresh == "gnb" and cfg.gnb_batch == "train"
         # that refresh backpropagates twice through a forward pass (retain_graph), which the compiled
         # backward's donated buffers (saved activations reused as scratch space) do not allow
         self.compile_settings = nullcontext()
@@ -413,7 +431,7 @@ class Trainer:
             self.gnb_gradient = None
             fold_in_estimate(self.optimizer, params, max_norm=self.cfg.grad_clip)
         else:
-            inputs = [X for X, _ in self.train_data.next_batch(self.hess_total_bs)]
+            inputs = [X for X, _ in self.train_data.next_batch(self.cfg.hess_total_bs)]
             gnb_refresh(self.optimizer, self.logits, inputs, params=params, max_norm=self.cfg.grad_clip,
                         seed=(self.cfg.seed, self.iter_num), loss_fn=self.sampled_cross_entropy)
 
@@ -427,7 +445,7 @@ class Trainer:
         forward pass's logits (sophia.sampled_gradient) into self.gnb_gradient, for refresh_gnb after this
         iteration's step. Seeded as the fresh refresh's labels, by the refreshing iteration's number."""
         params = list(self.model.parameters())
-        n_micro = self.hess_total_bs // (self.cfg.batch_size * self.dist.world_size)
+        n_micro = self.cfg.hess_accumulation_steps
         self.gnb_gradient = [torch.zeros_like(p) for p in params]
         index = iter(range(n_micro))
 
@@ -451,7 +469,7 @@ class Trainer:
                 return data_loss(self.model, *batch)
 
         with self.model.explicit_attention():
-            hutchinson_refresh(self.optimizer, loss_fn, self.train_data.next_batch(self.hess_total_bs),
+            hutchinson_refresh(self.optimizer, loss_fn, self.train_data.next_batch(self.cfg.hess_total_bs),
                                params=list(self.model.parameters()),
                                generator=seeded(hash((self.cfg.seed, self.iter_num)), self.dist.device))
 
@@ -539,6 +557,19 @@ class Trainer:
             reason = str(e).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint in {self.cfg.out_dir} does not fit this run: {reason}") from None
 
+    def load_weights(self, path):
+        """Fine-tuning: start from the weights of a checkpoint (ours or the official code's) whose model is
+        this config's, dropout aside."""
+        if not os.path.exists(path):
+            raise CheckpointError(f"init_from={path!r}: no such checkpoint")
+        loaded = model_from_checkpoint(load_checkpoint(path))
+        theirs, ours = dataclasses.asdict(loaded.config), dataclasses.asdict(self.model.config)
+        for key, value in ours.items():
+            if key != "dropout" and theirs[key] != value:
+                raise CheckpointError(f"the checkpoint {path} has a model with {key}={theirs[key]!r}, the config "
+                                      f"{value!r}: set --{key}={theirs[key]!r}")
+        self.model.load_state_dict(loaded.state_dict())
+
     def save(self):
         state = self.state_dict()
         if self.dist.is_master:
@@ -577,7 +608,7 @@ class Trainer:
                                                     self.cfg.peak_flops)
         if self.update_rms is not None:
             record["update_rms"] = self.update_rms.item()
-        if hasattr(self.optimizer, "diagnostics"):
+        if self.spec.diagnostics:
             diagnostics = self.optimizer.diagnostics(**self.step_kwargs, param_sets=self.model.param_sets())
             record.update({k: v.item() for k, v in diagnostics.items()})
         self.loss_sum.zero_()
@@ -658,7 +689,7 @@ def run(cfg, dist, trainer):
 
     if dist.is_master:
         say("config:", dataclasses.asdict(cfg))
-        say(f"model: {trainer.model.num_params() / 1e6:.2f}M parameters; {trainer.accum} micro-steps of "
+        say(f"model: {trainer.model.num_params() / 1e6:.2f}M parameters; {cfg.gradient_accumulation_steps} micro-steps of "
             f"{cfg.batch_size} x {cfg.block_size} tokens on each of {dist.world_size} process(es); "
             f"{trainer.tokens_per_iter:,} tokens per iteration")
         if cfg.init_from == "resume":

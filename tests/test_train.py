@@ -337,8 +337,10 @@ def test_accumulation_steps():
 def test_trainer_accumulates_micro_batches_from_total_bs(data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(data_root)
     cfg, dist = train.init_distributed(tiny_config(total_bs=8, batch_size=2, out_dir=str(tmp_path)))
+    # the derived settings are written into the config that is logged and checkpointed
+    assert (cfg.gradient_accumulation_steps, cfg.hess_total_bs, cfg.hess_accumulation_steps) == (4, 8, 4)
     trainer = train.Trainer(cfg, dist)
-    assert trainer.accum == 4 and trainer.tokens_per_iter == 8 * 32 and trainer.hess_total_bs == 8
+    assert trainer.tokens_per_iter == 8 * 32
     micro_batches = trainer.train_data.next_batch(cfg.total_bs)
     assert len(micro_batches) == 4
     for X, Y in micro_batches:
@@ -347,9 +349,11 @@ def test_trainer_accumulates_micro_batches_from_total_bs(data_root, tmp_path, mo
     windows = torch.cat([X for X, _ in micro_batches])
     assert len({tuple(w.tolist()) for w in windows}) == 8  # 8 different windows
     assert trainer.train_data.position == 8
-    # a total_bs that batch_size does not divide is refused when the Trainer is built
+    # a total_bs that batch_size does not divide is refused when the settings are resolved
     with pytest.raises(ConfigError, match="batch_size"):
-        train.Trainer(*train.init_distributed(tiny_config(total_bs=7, batch_size=2, out_dir=str(tmp_path))))
+        train.init_distributed(tiny_config(total_bs=7, batch_size=2, out_dir=str(tmp_path)))
+    half = train.init_distributed(tiny_config(total_bs=8, batch_size=2, hess_total_bs=4))[0]
+    assert (half.hess_total_bs, half.hess_accumulation_steps) == (4, 2)
 
 
 def make_trainer(data_root, tmp_path, monkeypatch, **overrides):
@@ -382,7 +386,7 @@ def test_grad_accumulation_sum_gives_accumulation_times_the_mean_gradient(data_r
     for mode in ("mean", "sum"):
         trainer = make_trainer(data_root, tmp_path / mode, monkeypatch, total_bs=8, batch_size=2, grad_clip=0.0,
                                grad_accumulation=mode, optimizer_name="adamw")
-        assert trainer.accum == 4
+        assert trainer.cfg.gradient_accumulation_steps == 4
         _, steps = record_steps(trainer, monkeypatch)
         loss = trainer.train_iteration()
         got[mode] = dict(loss=loss.item(), grads=steps[0]["grads"], before=steps[0]["before"],
@@ -426,9 +430,8 @@ def test_gnb_refresh_from_the_training_batch_matches_a_direct_computation(grad_c
 
 def test_gnb_refresh_from_the_training_batch_needs_hess_total_bs_within_it(data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(data_root)
-    cfg, dist = train.init_distributed(tiny_config(gnb_batch="train", hess_total_bs=8, out_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="hess_total_bs=8 must be <= total_bs=4"):
-        train.Trainer(cfg, dist)
+        train.init_distributed(tiny_config(gnb_batch="train", hess_total_bs=8, out_dir=str(tmp_path)))
 
 
 # ----------------------------------------------------------------------------- 3. bit-exact resume
