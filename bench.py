@@ -2,18 +2,21 @@
 Benchmark the real training step (train.Trainer.train_iteration, the same code train.py runs) and the
 optimizers alone. Prints Markdown tables; with --out, also writes them to a file.
 
-    python bench.py                                    # GPT-2 124M, AdamW vs Sophia-G, 480 x 1024 tokens
+    python bench.py                                    # GPT-2 small, AdamW vs Sophia-G, 480 x 1024 tokens
     python bench.py --optimizers=adamw,sophiag,lion,sophiah --batch_size=16
     python bench.py --optimizers=adamw,sophiag,sophiag:gnb_batch=train,sophiag:hess_total_bs=240
                                                        # rows may override config keys
-    python bench.py --size=gpt2-medium --batch_size=8
+    python bench.py --size=medium --batch_size=8
     python bench.py --optim_only                       # step / update_hessian alone vs their memory floor
                                                        # ("ms": host and GPU, synchronised; "GPU ms": GPU
                                                        # time with the host ahead, as in training)
     python bench.py --profile                          # also a torch profiler trace per optimizer
 
-Data are random tokens (a synthetic dataset written to data/bench_synthetic/), unless --dataset names
-a prepared one. Timings are medians over repeated runs with the device synchronised around them.
+Each row's settings are its optimizer's paper config at --size (config/train_gpt2_<size>_*.py), then
+BENCH_SETTINGS, then the command line's other --key=value config keys (e.g. --device=cpu, --compile=False,
+--total_bs=120), then the row's own. Data are random tokens (a synthetic dataset written to
+data/bench_synthetic/), unless --dataset names a prepared one. Timings are medians over repeated runs
+with the device synchronised around them.
 """
 
 import argparse
@@ -25,19 +28,15 @@ import time
 import numpy as np
 import torch
 
-from configurator import make_config, parse_value
+from configurator import ConfigError, make_config, parse_value, read_config_file
 from data.tokens import write_tokens
-from model import GPT, GPT_SIZES, GPTConfig
+from model import GPT, GPTConfig
 from sophia import Lion, SophiaG
-from train import Trainer, init_distributed, synchronize
+from train import OPTIMIZERS, Trainer, init_distributed, synchronize
 
-OPTIMIZER_SETTINGS = {  # the paper configs' hyperparameters (they do not change the speed)
-    "adamw": dict(learning_rate=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95),
-    "sophiag": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.05),
-    "sophiah": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99, rho=0.01),
-    "lion": dict(learning_rate=1e-4, weight_decay=1.0, beta1=0.95, beta2=0.98),
-    "signmomentum": dict(learning_rate=6e-4, weight_decay=0.2, beta1=0.965, beta2=0.99),
-}
+# what a benchmark changes in a paper config: no logged iteration (no update_rms copy in the timings), a
+# short warmup, one evaluation batch, no wandb
+BENCH_SETTINGS = dict(log_interval=10**9, warmup_iters=10, eval_iters=1, wandb_log=False, out_dir="out-bench")
 
 
 def make_synthetic_dataset(name="bench_synthetic", n_tokens=20_000_000, vocab=50257):
@@ -59,27 +58,36 @@ def timed(fn, device):
     return time.perf_counter() - t0
 
 
+def parse_settings(settings):
+    """['gnb_batch=train', 'batch_size=24'] -> {'gnb_batch': 'train', 'batch_size': 24} (checked in row_config)."""
+    overrides = {}
+    for setting in settings:
+        key, eq, text = setting.partition("=")
+        if not eq:
+            raise ConfigError(f"expected key=value, got {setting!r}")
+        overrides[key] = parse_value(key, text)
+    return overrides
+
+
 def parse_row(spec):
     """'sophiag:gnb_batch=train:batch_size=24' -> ('sophiag', {'gnb_batch': 'train', 'batch_size': 24})."""
     name, *settings = spec.split(":")
-    overrides = {}
-    for setting in settings:
-        key, _, text = setting.partition("=")
-        overrides[key] = parse_value(key, text)
-    return name, overrides
+    return name, parse_settings(settings)
 
 
-def bench_training(args, spec):
+def row_config(size, optimizer_name, overrides):
+    """A row's config: the optimizer's paper config at `size`, BENCH_SETTINGS, then `overrides`."""
+    if optimizer_name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {optimizer_name!r}; one of {', '.join(OPTIMIZERS)}")
+    paper = read_config_file(OPTIMIZERS[optimizer_name].paper_config(size))
+    return make_config(**{**paper, "optimizer_name": optimizer_name, **BENCH_SETTINGS, **overrides})
+
+
+def bench_training(args, spec, overrides):
     """One row: the training step of train.py with this optimizer (and config overrides), Hessian refresh
     included."""
-    optimizer_name, overrides = parse_row(spec)
-    settings = dict(**GPT_SIZES[args.size], dataset=args.dataset, batch_size=args.batch_size,
-                    total_bs=args.total_bs, block_size=args.block_size, optimizer_name=optimizer_name,
-                    compile=not args.no_compile, compile_mode=args.compile_mode, out_dir=args.out_dir,
-                    warmup_iters=10, eval_iters=1, hess_total_bs=args.hess_total_bs, peak_flops=args.peak_flops,
-                    log_interval=10**9)  # never a logged iteration: no update_rms copy in the timings
-    cfg = make_config(**{**settings, **OPTIMIZER_SETTINGS[optimizer_name], **overrides})
-    cfg, dist = init_distributed(cfg)
+    optimizer_name, row = parse_row(spec)
+    cfg, dist = init_distributed(row_config(args.size, optimizer_name, {**overrides, **row}))
     cuda = dist.device.startswith("cuda")
     trainer = Trainer(cfg, dist)
     k = cfg.hess_interval
@@ -93,7 +101,7 @@ def bench_training(args, spec):
         "optimizer": spec.replace(":", " "),
         "ms/iter": 1000 * seconds / n,
         "tokens/s": trainer.tokens_per_iter * n / seconds,
-        "MFU": trainer.model.estimate_mfu(trainer.tokens_per_iter, seconds / n, cfg.peak_flops),
+        "MFU": trainer.model.estimate_mfu(trainer.tokens_per_iter, seconds / n, cfg.peak_flops) if cuda else float("nan"),
         "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
     }
     if trainer.refresh:  # its cost: the refreshing iteration (the period's last) against the others, each alone
@@ -107,7 +115,7 @@ def bench_training(args, spec):
             for _ in range(k):
                 trainer.train_iteration()
             synchronize(dist.device)
-        path = os.path.join(args.out_dir, f"trace_{spec.replace(':', '_')}")
+        path = os.path.join(cfg.out_dir, f"trace_{spec.replace(':', '_')}")
         prof.export_chrome_trace(path + ".json")
         table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
                                           row_limit=25)
@@ -120,7 +128,7 @@ def bench_training(args, spec):
     if cuda:
         torch.cuda.empty_cache()
     print(markdown([row]), flush=True)
-    return row
+    return row, cfg
 
 
 def copy_bandwidth(device, n_bytes=2**30):
@@ -132,12 +140,14 @@ def copy_bandwidth(device, n_bytes=2**30):
     return 2 * n_bytes / seconds
 
 
-def bench_optimizers(args):
+def bench_optimizers(args, overrides):
     """The optimizer step and Hessian update alone, on the model's parameters (fp32), against the
     memory-traffic floor (fp32 tensors each read or written once)."""
-    device = args.device
+    cfg, dist = init_distributed(row_config(args.size, "sophiag", overrides))
+    device = dist.device
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**GPT_SIZES[args.size], bias=False)).to(device)
+    model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                          bias=cfg.bias)).to(device)
     params = [p for p in model.parameters()]
     n = sum(p.numel() for p in params)
     for p in params:
@@ -189,8 +199,8 @@ def bench_optimizers(args):
             row["update_hessian floor ms"] = floor_ms(3)
         rows.append(row)
         del opt
-    header = (f"{args.size}: {n / 1e6:.1f}M fp32 parameters; copy bandwidth {bandwidth / 1e12:.2f} TB/s "
-              f"(read + write); {torch.cuda.get_device_name() if device.startswith('cuda') else device}")
+    header = (f"gpt2-{args.size}: {n / 1e6:.1f}M fp32 parameters; copy bandwidth {bandwidth / 1e12:.2f} TB/s "
+              f"(read + write); {device_name(device)}")
     return header, rows
 
 
@@ -207,43 +217,40 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def device_name(device):
+    return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else device
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="gpt2", choices=list(GPT_SIZES))
+    parser.add_argument("--size", default="small", choices=("small", "medium", "large"), help="the paper configs'")
     parser.add_argument("--optimizers", default="adamw,sophiag",
                         help="rows: optimizers, each with optional config overrides, e.g. "
                              "adamw,sophiag,sophiag:gnb_batch=train,sophiag:batch_size=24")
-    parser.add_argument("--batch_size", type=int, default=12, help="micro-batch in sequences")
-    parser.add_argument("--total_bs", type=int, default=480, help="sequences per iteration")
-    parser.add_argument("--hess_total_bs", type=int, default=0, help="sequences per Hessian refresh (0: total_bs)")
-    parser.add_argument("--block_size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2, help="timed refresh periods (hess_interval iterations each)")
-    parser.add_argument("--dataset", default="", help="a prepared dataset under data/ (default: synthetic tokens)")
-    parser.add_argument("--no_compile", action="store_true")
-    parser.add_argument("--compile_mode", default="default")
-    parser.add_argument("--peak_flops", type=float, default=989e12, help="for MFU (H100 SXM bf16 dense)")
     parser.add_argument("--optim_only", action="store_true", help="only time the optimizers' update kernels")
     parser.add_argument("--reps", type=int, default=50, help="repetitions per optimizer-only timing")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--out_dir", default="out-bench")
     parser.add_argument("--out", default="", help="also append the tables to this file")
-    args = parser.parse_args()
-    os.makedirs(args.out_dir, exist_ok=True)
-
-    if args.optim_only:
-        header, rows = bench_optimizers(args)
-    else:
-        args.dataset = args.dataset or make_synthetic_dataset()
-        rows = [bench_training(args, spec) for spec in args.optimizers.split(",")]
-        base = next((r for r in rows if r["optimizer"] == "adamw"), None)
-        for row in rows:
-            if base and row is not base:
-                row["time vs adamw"] = f"{100 * (row['ms/iter'] / base['ms/iter'] - 1):+.1f}%"
-                row["memory vs adamw"] = f"{100 * (row['peak GiB'] / base['peak GiB'] - 1):+.1f}%"
-        header = (f"{args.size}, micro-batch {args.batch_size}, {args.total_bs} x {args.block_size} tokens per "
-                  f"iteration, compile={not args.no_compile} ({args.compile_mode}), "
-                  f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}")
+    args, config_args = parser.parse_known_args()
+    try:
+        overrides = parse_settings([arg.removeprefix("--") for arg in config_args])
+        overrides["dataset"] = overrides.get("dataset") or make_synthetic_dataset()
+        if args.optim_only:
+            header, rows = bench_optimizers(args, overrides)
+        else:
+            results = [bench_training(args, spec, overrides) for spec in args.optimizers.split(",")]
+            rows, cfg = [row for row, _ in results], results[0][1]
+            base = next((r for r in rows if r["optimizer"] == "adamw"), None)
+            for row in rows:
+                if base and row is not base:
+                    row["time vs adamw"] = f"{100 * (row['ms/iter'] / base['ms/iter'] - 1):+.1f}%"
+                    row["memory vs adamw"] = f"{100 * (row['peak GiB'] / base['peak GiB'] - 1):+.1f}%"
+            header = (f"gpt2-{args.size} ({cfg.n_layer} layers, {cfg.n_embd} wide), micro-batch {cfg.batch_size}, "
+                      f"{cfg.total_bs} x {cfg.block_size} tokens per iteration, compile={cfg.compile} "
+                      f"({cfg.compile_mode}), {device_name(cfg.device)}")
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     text = f"{header}\n\n{markdown(rows)}\n"
     print(text)
     if args.out:

@@ -255,6 +255,13 @@ class OptimizerSpec:
     refresh: Optional[str] = None  # Hessian refresh after every hess_interval-th step: 'gnb', 'hutchinson' or None
     step_kwargs: Callable = lambda cfg: {}  # cfg -> extra arguments of optimizer.step()
     diagnostics: bool = False  # optimizer.diagnostics(**step_kwargs, param_sets=...) joins each log record
+    paper: str = ""  # its paper config: config/train_gpt2_<size>_<paper>.py
+
+    def paper_config(self, size="small"):
+        path = os.path.join(REPO, "config", f"train_gpt2_{size}_{self.paper}.py")
+        if not os.path.exists(path):
+            raise ConfigError(f"there is no paper config {os.path.relpath(path)}")
+        return path
 
 
 def sophia(cls):
@@ -265,15 +272,16 @@ def sophia(cls):
 
 OPTIMIZERS = {
     "adamw": OptimizerSpec(lambda groups, cfg, cuda: torch.optim.AdamW(
-        groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=cuda)),
-    "lion": OptimizerSpec(lambda groups, cfg, cuda: Lion(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))),
+        groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=cuda), paper="adam"),
+    "lion": OptimizerSpec(lambda groups, cfg, cuda: Lion(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2)),
+                          paper="lion"),
     # Sophia-G's step needs the number of tokens behind its Hessian estimate (Sophia-H's is 1, its default)
-    "sophiag": OptimizerSpec(sophia(SophiaG), refresh="gnb", diagnostics=True,
+    "sophiag": OptimizerSpec(sophia(SophiaG), refresh="gnb", diagnostics=True, paper="sophia",
                              step_kwargs=lambda cfg: {"bs": cfg.hess_total_bs * cfg.block_size}),
-    "sophiah": OptimizerSpec(sophia(SophiaH), refresh="hutchinson", diagnostics=True),
+    "sophiah": OptimizerSpec(sophia(SophiaH), refresh="hutchinson", diagnostics=True, paper="sophiah"),
     # the control for Sophia-G's Hessian: its update with h never refreshed (h = 0 clips every coordinate),
-    # i.e. sign descent with momentum beta1 and the same decoupled weight decay
-    "signmomentum": OptimizerSpec(sophia(SophiaG), diagnostics=True),
+    # i.e. sign descent with momentum beta1 and the same decoupled weight decay (Sophia-G's paper config)
+    "signmomentum": OptimizerSpec(sophia(SophiaG), diagnostics=True, paper="sophia"),
 }
 assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES)
 

@@ -54,7 +54,6 @@ SCALE_CONFIG = os.path.join(ROOT, "config", "protocol_small.py")
 T = 600
 TUNE_SEED = 1337
 FINAL_SEEDS = (2001, 2002, 2003)  # never used for tuning
-PAPER_CONFIGS = {"adamw": "adam", "sophiag": "sophia", "lion": "lion", "signmomentum": "sophia"}
 
 # The axes the tuning searches, in order, with their limits; the grids start in the middle of them.
 WARMUPS = (1 / 24, 1 / 12, 1 / 4, 1 / 2, 3 / 4, 7 / 8, 1)  # fraction of the run's length (1: no decay)
@@ -106,8 +105,9 @@ class Run:
             settings["overwrite"] = True
         if self.rho is not None:
             settings["rho"] = self.rho
-        paper = os.path.join(ROOT, "config", f"train_gpt2_small_{PAPER_CONFIGS[self.optimizer]}.py")
-        return [paper, SCALE_CONFIG, *(f"--{k}={v}" for k, v in settings.items())]
+        from train import OPTIMIZERS  # here: the planner itself needs no torch
+
+        return [OPTIMIZERS[self.optimizer].paper_config(), SCALE_CONFIG, *(f"--{k}={v}" for k, v in settings.items())]
 
 
 def tuning_run(optimizer, lr, warmup, rho=None):

@@ -7,7 +7,10 @@ import sys
 
 import numpy as np
 
-from bench import parse_row
+import pytest
+
+from bench import BENCH_SETTINGS, parse_row, row_config
+from configurator import ConfigError, load_config
 from data.tokens import write_tokens
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,14 +32,15 @@ def test_bench_prints_a_row_per_optimizer_and_the_overhead_against_adamw(tmp_pat
         write_tokens(str(folder / f"{split}.bin"), rng.integers(0, 512, 20_000).astype(np.uint16))
     out = tmp_path / "table.md"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "bench.py"), "--size=gpt2-tiny", "--batch_size=2",
-         "--total_bs=4", "--block_size=32", "--rounds=1", "--dataset=tiny", f"--out={out}",
-         "--optimizers=adamw,sophiag:gnb_batch=train:hess_total_bs=2"],
+        [sys.executable, os.path.join(REPO_ROOT, "bench.py"), "--n_layer=1", "--n_head=2", "--n_embd=32",
+         "--batch_size=2", "--total_bs=4", "--block_size=32", "--rounds=1", "--dataset=tiny", f"--out={out}",
+         "--device=cpu", "--compile=True", "--optimizers=adamw,sophiag:gnb_batch=train:hess_total_bs=2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     table = out.read_text().splitlines()
-    assert table[0].startswith("gpt2-tiny, micro-batch 2, 4 x 32 tokens per iteration, compile=True")
+    assert table[0] == "gpt2-small (1 layers, 32 wide), micro-batch 2, 4 x 32 tokens per iteration, compile=True " \
+                       "(default), cpu"
     header = [cell.strip() for cell in table[2].strip("|").split("|")]
     assert header == ["optimizer", "ms/iter", "tokens/s", "MFU", "peak GiB", "refresh ms", "refresh ms/iter",
                       "time vs adamw", "memory vs adamw"]
@@ -46,3 +50,17 @@ def test_bench_prints_a_row_per_optimizer_and_the_overhead_against_adamw(tmp_pat
         assert float(row[1]) > 0 and float(row[2].replace(",", "")) > 0
     assert rows[0][5] == "" and float(rows[1][5]) > 0  # AdamW has no refresh
     assert rows[1][7].endswith("%")
+
+
+def test_rows_take_the_paper_configs_then_the_command_line_then_their_own_settings():
+    """No second copy of the paper's hyperparameters: each row starts from its optimizer's paper config."""
+    sophia = row_config("small", "sophiag", {"batch_size": 4, "device": "cpu"})
+    paper = load_config([os.path.join(REPO_ROOT, "config", "train_gpt2_small_sophia.py")])
+    assert (sophia.learning_rate, sophia.rho, sophia.beta1, sophia.weight_decay) == \
+        (paper.learning_rate, paper.rho, paper.beta1, paper.weight_decay)
+    assert sophia.batch_size == 4 and sophia.device == "cpu" and sophia.log_interval == BENCH_SETTINGS["log_interval"]
+    adamw = row_config("medium", "adamw", {})
+    assert (adamw.optimizer_name, adamw.n_layer, adamw.beta2) == ("adamw", 24, 0.95)
+    assert row_config("small", "signmomentum", {}).rho == paper.rho  # Sophia-G's paper config
+    with pytest.raises(ConfigError, match="no paper config"):
+        row_config("large", "lion", {})
