@@ -89,7 +89,9 @@ class Config:
     # --- system
     backend: str = "auto"  # DDP backend: 'auto' = nccl on CUDA, gloo on CPU
     device: str = "auto"  # 'auto' = cuda if available, else cpu; or 'cpu', 'cuda', 'cuda:1', ...
-    dtype: str = "bfloat16"  # autocast dtype ('bfloat16') or 'float32'; weights are always fp32
+    # autocast dtype; weights are always fp32. float16 (for GPUs without bf16, the official code's default
+    # there) scales the loss with a GradScaler and estimates the Hessian from unscaled gradients
+    dtype: str = "bfloat16"
     compile: Optional[bool] = None  # torch.compile the model; None = on for CUDA, off for CPU
     compile_mode: str = "default"  # torch.compile's mode, e.g. 'max-autotune-no-cudagraphs' (slow to compile)
     seed: int = 1337
@@ -99,7 +101,7 @@ class Config:
 CHOICES = {
     "optimizer_name": OPTIMIZER_NAMES,
     "init_from": ("scratch", "resume"),
-    "dtype": ("bfloat16", "float32"),
+    "dtype": ("bfloat16", "float16", "float32"),
     "gnb_batch": ("fresh", "train"),
     "grad_accumulation": ("mean", "sum"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
@@ -119,8 +121,6 @@ OFFICIAL_CHOICES = {
     "init_from": (("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"),
                   "the official code's 'gpt2*' values start from OpenAI's GPT-2 weights through Hugging Face "
                   "transformers, which this project does not use"),
-    "dtype": (("float16",), "the official code's float16 needs gradient scaling, which this project does not do; "
-                            "use bfloat16 (or float32 on a GPU without it)"),
 }
 POSITIVE = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size", "total_bs",
             "n_layer", "n_head", "n_embd", "hess_interval", "learning_rate", "max_iters", "lr_decay_iters")

@@ -405,10 +405,13 @@ def _params(optimizer, params):
 
 
 @torch.no_grad()
-def fold_in_estimate(optimizer, params=None, *, max_norm=None):
+def fold_in_estimate(optimizer, params=None, *, max_norm=None, loss_scale=None):
     """The end of every refresh: p.grad holds this process's estimate; average it over ranks, clip its global
-    norm at max_norm (if given), fold it into the Hessian EMA (optimizer.update_hessian()) and clear p.grad.
-    `params`: the optimizer's, in the order to take them (it decides float rounding, not the result)."""
+    norm at max_norm (if given and not 0), fold it into the Hessian EMA (optimizer.update_hessian()) and clear
+    p.grad. `params`: the optimizer's, in the order to take them (it decides float rounding, not the result).
+    `loss_scale`: what the loss was multiplied by before its backward (fp16 training: a GradScaler's
+    get_scale()): the estimate is divided by it first, and one that overflowed is dropped, not folded in.
+    Returns whether the estimate was folded in."""
     params = [p for p in _params(optimizer, params) if p.grad is not None]
     grads = [p.grad for p in params]
     _, world_size = _rank_and_world_size()
@@ -416,20 +419,29 @@ def fold_in_estimate(optimizer, params=None, *, max_norm=None):
         for g in grads:
             torch.distributed.all_reduce(g)  # SUM, then divide: gloo has no AVG
         torch._foreach_div_(grads, world_size)
-    if max_norm:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.nn.utils.get_total_norm(grads))
-    optimizer.update_hessian()
+    finite = True
+    if loss_scale is not None:
+        torch._foreach_div_(grads, loss_scale)
+        finite = torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()).item()  # the same on every rank
+    if finite:
+        if max_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.nn.utils.get_total_norm(grads))
+        optimizer.update_hessian()
     optimizer.zero_grad(set_to_none=True)
+    return finite
 
 
-def gnb_refresh(optimizer, logits_fn, inputs, *, params=None, max_norm=None, seed=None, loss_fn=None):
+def gnb_refresh(optimizer, logits_fn, inputs, *, params=None, max_norm=None, seed=None, loss_fn=None,
+                loss_scale=None):
     """Sophia-G's refresh (the official one): g_hat = the gradient of the mean, over the micro-batches
     `inputs` (and over ranks), of the cross-entropy of `logits_fn(X)` against labels sampled from its own
     softmax; clipped at max_norm like a training gradient (the official code clips it at grad_clip); then
     h <- beta2 h + (1 - beta2) g_hat^2. Micro-batch i of rank r samples (and runs dropout) under
     `micro_batch_seed(seed, r * len(inputs) + i)` when a seed is given, else from the global generators.
-    `loss_fn(logits)` replaces sampled_cross_entropy (e.g. a compiled copy of it).
-    Returns the number of tokens behind the estimate (over all ranks): pass it to step(bs=...)."""
+    `loss_fn(logits)` replaces sampled_cross_entropy (e.g. a compiled copy of it). Under fp16, pass the
+    GradScaler's get_scale() as loss_scale: the loss is scaled for its backward, the estimate unscaled.
+    Every rank must pass the same number of micro-batches, and p.grad must be empty (call it after
+    zero_grad). Returns the number of tokens behind the estimate (over all ranks): pass it to step(bs=...)."""
     rank, world_size = _rank_and_world_size()
     loss_fn = loss_fn or sampled_cross_entropy
     tokens = 0
@@ -438,9 +450,9 @@ def gnb_refresh(optimizer, logits_fn, inputs, *, params=None, max_norm=None, see
                 contextlib.nullcontext():
             logits = logits_fn(X)
             loss = loss_fn(logits)
-        (loss * (1 / len(inputs))).backward()  # as gradient accumulation scales a micro-batch
+        (loss * (1 / len(inputs)) * (loss_scale or 1)).backward()  # as gradient accumulation scales a micro-batch
         tokens += logits[..., 0].numel()
-    fold_in_estimate(optimizer, params, max_norm=max_norm)
+    fold_in_estimate(optimizer, params, max_norm=max_norm, loss_scale=loss_scale)
     return tokens * world_size
 
 
@@ -448,24 +460,24 @@ def sampled_gradient(logits, params, *, scale=1.0, seed=None, loss_fn=None):
     """For Sophia-G's refresh from the training batch (one extra backward pass, no extra forward): the
     gradient of scale * sampled_cross_entropy(logits) w.r.t. params, from the logits of the training
     step's own forward pass, whose graph is kept for the training loss's backward. Sum it over the
-    micro-batches with scale = 1 / their number, put the sum in p.grad after the step, then call
-    fold_in_estimate. `seed`: this micro-batch's (see micro_batch_seed)."""
+    micro-batches with scale = 1 / their number (times the loss scale under fp16), put the sum in p.grad
+    after the step, then call fold_in_estimate. `seed`: this micro-batch's (see micro_batch_seed)."""
     with seeded(seed, logits.device) if seed is not None else contextlib.nullcontext():
         loss = (loss_fn or sampled_cross_entropy)(logits)
     return torch.autograd.grad(loss * scale, params, retain_graph=True)
 
 
-def hutchinson_refresh(optimizer, loss_fn, inputs, *, params=None, generator=None):
+def hutchinson_refresh(optimizer, loss_fn, inputs, *, params=None, generator=None, loss_scale=None):
     """Sophia-H's refresh: u * (H u), H the Hessian of the mean of loss_fn(batch) over the micro-batches
     `inputs` (and over ranks), u one Rademacher vector from `generator` (seed it alike on every rank), by
     double backward (the model must be twice differentiable: see GPT.explicit_attention); then
-    h <- beta2 h + (1 - beta2) u * (H u). Returns 1, SophiaH's step bs."""
+    h <- beta2 h + (1 - beta2) u * (H u). `loss_scale` as for gnb_refresh. Returns 1, SophiaH's step bs."""
     params = [p for p in _params(optimizer, params) if p.requires_grad]
     probe = rademacher_like(params, generator)
     for batch in inputs:
-        loss = loss_fn(batch) / len(inputs)
+        loss = loss_fn(batch) / len(inputs) * (loss_scale or 1)
         for p, hv in zip(params, hessian_vector_product(loss, params, probe)):
             p.grad = hv if p.grad is None else p.grad.add_(hv)
     torch._foreach_mul_([p.grad for p in params], probe)  # u = +-1: exact, so before or after averaging
-    fold_in_estimate(optimizer, params)
+    fold_in_estimate(optimizer, params, loss_scale=loss_scale)
     return 1

@@ -112,7 +112,7 @@ def accumulation_steps(global_seqs, batch_size, world_size, key="total_bs"):
     return global_seqs // per_step
 
 
-def seeded(seed, device="cpu"):
+def generator(seed, device="cpu"):
     return torch.Generator(device).manual_seed(seed)
 
 
@@ -200,7 +200,7 @@ class Batches:
     def epoch_order(self, epoch):
         """The shuffled order of the windows in an epoch (cached: one epoch at a time is in use)."""
         if self._order[0] != epoch:
-            self._order = (epoch, torch.randperm(self.n_windows, generator=seeded(hash((self.seed, epoch)))))
+            self._order = (epoch, torch.randperm(self.n_windows, generator=generator(hash((self.seed, epoch)))))
         return self._order[1]
 
     def window_starts(self, n):
@@ -301,12 +301,12 @@ def data_loss(model, X, Y):
     return model(X, Y)[1]
 
 
-def accumulate_gradients(model, micro_batches, loss_fn, ctx, reduction="mean"):
+def accumulate_gradients(model, micro_batches, loss_fn, ctx, reduction="mean", scaler=None):
     """Backpropagate the mean of `loss_fn(model, X, Y)` over the micro-batches [(X, Y), ...], so p.grad
     holds the gradient of the global batch's mean loss; DDP synchronises gradients on the last
     micro-step only. reduction='sum' backpropagates each micro-batch's loss undivided (the official
-    train_adam.py), so p.grad is the sum over micro-steps. Returns the mean loss as a device tensor
-    (no host sync)."""
+    train_adam.py), so p.grad is the sum over micro-steps. `scaler` (a GradScaler) scales the losses
+    (fp16). Returns the mean loss as a device tensor (no host sync)."""
     n = len(micro_batches)
     scale = 1 / n if reduction == "mean" else 1
     total = 0.0
@@ -315,7 +315,7 @@ def accumulate_gradients(model, micro_batches, loss_fn, ctx, reduction="mean"):
         with sync:
             with ctx:
                 loss = loss_fn(model, X, Y)
-            (loss * scale).backward()
+            (scaler.scale(loss * scale) if scaler else loss * scale).backward()
         total += loss.detach()
     return total / n
 
@@ -332,8 +332,11 @@ class Trainer:
         torch.manual_seed(cfg.seed + dist.rank)  # dropout differs across ranks; data does not (see Batches)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[cfg.dtype]
         self.ctx = torch.autocast(self.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+        # fp16's small range: losses are scaled for their backward, gradients unscaled before anything uses
+        # them, and a step whose gradient overflowed is skipped (the official code's GradScaler)
+        self.scaler = torch.amp.GradScaler(self.device_type) if dtype == torch.float16 else None
 
         self.tokens_per_iter = cfg.total_bs * cfg.block_size
 
@@ -404,7 +407,9 @@ class Trainer:
             loss_fn = self.data_loss_and_gnb_gradient()
         with self.compile_settings:
             loss = accumulate_gradients(self.ddp_model, self.train_data.next_batch(self.cfg.total_bs), loss_fn,
-                                        self.ctx, self.cfg.grad_accumulation)
+                                        self.ctx, self.cfg.grad_accumulation, self.scaler)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = self.clip_gradients()
         self.grad_norm_sum += grad_norm
         if self.cfg.grad_clip:
@@ -413,7 +418,11 @@ class Trainer:
             params = list(self.model.parameters())
             logged_next = (self.iter_num + 1) % self.cfg.log_interval == 0
             before = [p.clone() for p in params] if logged_next else None
-            self.optimizer.step(**self.step_kwargs)
+            if self.scaler:
+                self.scaler.step(self.optimizer, **self.step_kwargs)  # skipped if the gradient overflowed
+                self.scaler.update()
+            else:
+                self.optimizer.step(**self.step_kwargs)
             if logged_next:
                 torch._foreach_sub_(before, params)  # minus the change: one buffer, not two
                 self.update_rms = rms(before)
@@ -437,11 +446,16 @@ class Trainer:
             for p, g in zip(params, self.gnb_gradient):
                 p.grad = g
             self.gnb_gradient = None
-            fold_in_estimate(self.optimizer, params, max_norm=self.cfg.grad_clip)
+            fold_in_estimate(self.optimizer, params, max_norm=self.cfg.grad_clip, loss_scale=self.loss_scale())
         else:
             inputs = [X for X, _ in self.train_data.next_batch(self.cfg.hess_total_bs)]
             gnb_refresh(self.optimizer, self.logits, inputs, params=params, max_norm=self.cfg.grad_clip,
-                        seed=(self.cfg.seed, self.iter_num), loss_fn=self.sampled_cross_entropy)
+                        seed=(self.cfg.seed, self.iter_num), loss_fn=self.sampled_cross_entropy,
+                        loss_scale=self.loss_scale())
+
+    def loss_scale(self):
+        """What the refreshes multiply their loss by before its backward: the GradScaler's scale under fp16."""
+        return self.scaler.get_scale() if self.scaler else None
 
     def logits(self, X):
         with self.ctx:
@@ -463,7 +477,8 @@ class Trainer:
             if i is not None:
                 seed = micro_batch_seed((self.cfg.seed, self.iter_num + 1), self.dist.rank * n_micro + i)
                 torch._foreach_add_(self.gnb_gradient, sampled_gradient(
-                    logits, params, scale=1 / n_micro, seed=seed, loss_fn=self.sampled_cross_entropy))
+                    logits, params, scale=(self.loss_scale() or 1) / n_micro, seed=seed,
+                    loss_fn=self.sampled_cross_entropy))
             return loss
 
         return loss_fn
@@ -478,8 +493,8 @@ class Trainer:
 
         with self.model.explicit_attention():
             hutchinson_refresh(self.optimizer, loss_fn, self.train_data.next_batch(self.cfg.hess_total_bs),
-                               params=list(self.model.parameters()),
-                               generator=seeded(hash((self.cfg.seed, self.iter_num)), self.dist.device))
+                               params=list(self.model.parameters()), loss_scale=self.loss_scale(),
+                               generator=generator(hash((self.cfg.seed, self.iter_num)), self.dist.device))
 
     # --- evaluation
 
@@ -495,7 +510,7 @@ class Trainer:
         rank, world_size, eval_iters = self.dist.rank, self.dist.world_size, self.cfg.eval_iters
         try:
             for split, data in (("train", self.train_data), ("val", self.val_data)):
-                starts = data.random_starts(eval_iters * self.cfg.batch_size, seeded(self.cfg.seed + 1))
+                starts = data.random_starts(eval_iters * self.cfg.batch_size, generator(self.cfg.seed + 1))
                 total = torch.zeros((), device=self.dist.device)
                 for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
                     if stopping():
@@ -531,6 +546,7 @@ class Trainer:
             "rng": rng,
             "data_position": self.train_data.position,
             "wandb_run_id": self.wandb_run_id,
+            "grad_scaler": self.scaler.state_dict() if self.scaler else None,
             "since_log": {"iters": self.iters_since_log, "time": self.time_at_log,
                           "loss_sum": self.global_mean(self.loss_sum), "grad_norm_sum": self.grad_norm_sum.item()},
         }
@@ -553,6 +569,8 @@ class Trainer:
             self.train_time, self.wandb_run_id = ckpt["train_time"], ckpt["wandb_run_id"]
             self.clip_count.fill_(ckpt["clip_count"])
             self.train_data.position = ckpt["data_position"]
+            if self.scaler and ckpt.get("grad_scaler"):
+                self.scaler.load_state_dict(ckpt["grad_scaler"])
             since = ckpt.get("since_log", {"iters": 0, "time": self.train_time, "loss_sum": 0.0, "grad_norm_sum": 0.0})
             self.iters_since_log, self.time_at_log = since["iters"], since["time"]
             self.loss_sum.fill_(since["loss_sum"])

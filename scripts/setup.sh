@@ -7,4 +7,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,hf]"

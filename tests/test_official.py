@@ -156,14 +156,12 @@ def test_official_notes_come_from_one_process_under_torchrun(monkeypatch, capsys
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("key, value, why", [
-    ("init_from", "gpt2-medium", "OpenAI's GPT-2 weights through Hugging Face transformers"),
-    ("dtype", "float16", "gradient scaling"),
-])
-def test_official_values_we_lack_are_explained(key, value, why):
+def test_official_values_we_lack_are_explained():
     with pytest.raises(ConfigError) as e:
-        make_config(**{key: value})
-    assert f"'{key}'" in str(e.value) and repr(value) in str(e.value) and why in str(e.value)
+        make_config(init_from="gpt2-medium")
+    assert "'init_from'" in str(e.value) and "'gpt2-medium'" in str(e.value)
+    assert "OpenAI's GPT-2 weights through Hugging Face transformers" in str(e.value)
+    assert make_config(dtype="float16").dtype == "float16"  # the official default on GPUs without bf16: supported
 
 
 def test_train_runs_the_official_config(data_root, tmp_path):
