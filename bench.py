@@ -32,7 +32,8 @@ from configurator import ConfigError, make_config, parse_value, read_config_file
 from data.tokens import write_tokens
 from model import GPT, GPTConfig
 from sophia import Lion, SophiaG
-from train import OPTIMIZERS, Trainer, init_distributed, synchronize
+from optimizers import OPTIMIZERS
+from train import Trainer, init_distributed, synchronize
 
 # what a benchmark changes in a paper config: no logged iteration (no update_rms copy in the timings), a
 # short warmup, one evaluation batch, no wandb
@@ -79,7 +80,10 @@ def row_config(size, optimizer_name, overrides):
     """A row's config: the optimizer's paper config at `size`, BENCH_SETTINGS, then `overrides`."""
     if optimizer_name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer_name!r}; one of {', '.join(OPTIMIZERS)}")
-    paper = read_config_file(OPTIMIZERS[optimizer_name].paper_config(size))
+    path = OPTIMIZERS[optimizer_name].paper_config(size)
+    if not os.path.exists(path):
+        raise ConfigError(f"there is no paper config {os.path.relpath(path)} for {optimizer_name} at size {size}")
+    paper = read_config_file(path)
     return make_config(**{**paper, "optimizer_name": optimizer_name, **BENCH_SETTINGS, **overrides})
 
 

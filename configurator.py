@@ -21,7 +21,9 @@ import types
 from dataclasses import dataclass
 from typing import Optional
 
-OPTIMIZER_NAMES = ("adamw", "sophiag", "sophiah", "lion", "signmomentum")
+from optimizers import OPTIMIZERS
+
+OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 
 
 @dataclass

@@ -21,7 +21,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -30,14 +29,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                         set_rng_state)
-from configurator import OPTIMIZER_NAMES, ConfigError, describe_keys, load_config
+from configurator import ConfigError, describe_keys, load_config
 from data.tokens import DatasetError, check_all_tokens, check_tokens, open_split, read_meta
 from metrics import MetricsError, MetricsLog, check_wandb
 from model import GPT, GPTConfig
+from optimizers import OPTIMIZERS
 from outdir import OutDir, OutDirError
 from progress import Eta, duration, warn_if_too_big_for_the_cpu
-from sophia import (Lion, SophiaG, SophiaH, fold_in_estimate, gnb_refresh, hutchinson_refresh, micro_batch_seed,
-                    sampled_cross_entropy, sampled_gradient)
+from sophia import (fold_in_estimate, gnb_refresh, hutchinson_refresh, micro_batch_seed, sampled_cross_entropy,
+                    sampled_gradient)
 
 
 # ----------------------------------------------------------------------------- processes and devices
@@ -248,42 +248,6 @@ def get_lr(it, cfg):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """Everything an optimizer's name decides: adding an optimizer is one entry of OPTIMIZERS."""
-    build: Callable  # (param groups, cfg, cuda) -> torch.optim.Optimizer, its hyperparameters from the config
-    refresh: Optional[str] = None  # Hessian refresh after every hess_interval-th step: 'gnb', 'hutchinson' or None
-    step_kwargs: Callable = lambda cfg: {}  # cfg -> extra arguments of optimizer.step()
-    diagnostics: bool = False  # optimizer.diagnostics(**step_kwargs, param_sets=...) joins each log record
-    paper: str = ""  # its paper config: config/train_gpt2_<size>_<paper>.py
-
-    def paper_config(self, size="small"):
-        path = os.path.join(REPO, "config", f"train_gpt2_{size}_{self.paper}.py")
-        if not os.path.exists(path):
-            raise ConfigError(f"there is no paper config {os.path.relpath(path)}")
-        return path
-
-
-def sophia(cls):
-    """A builder of a Sophia optimizer (SophiaG or SophiaH) from the config."""
-    return lambda groups, cfg, cuda: cls(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), rho=cfg.rho,
-                                         bias_correction=cfg.hessian_bias_correction)
-
-
-OPTIMIZERS = {
-    "adamw": OptimizerSpec(lambda groups, cfg, cuda: torch.optim.AdamW(
-        groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=cuda), paper="adam"),
-    "lion": OptimizerSpec(lambda groups, cfg, cuda: Lion(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2)),
-                          paper="lion"),
-    # Sophia-G's step needs the number of tokens behind its Hessian estimate (Sophia-H's is 1, its default)
-    "sophiag": OptimizerSpec(sophia(SophiaG), refresh="gnb", diagnostics=True, paper="sophia",
-                             step_kwargs=lambda cfg: {"bs": cfg.hess_total_bs * cfg.block_size}),
-    "sophiah": OptimizerSpec(sophia(SophiaH), refresh="hutchinson", diagnostics=True, paper="sophiah"),
-    # the control for Sophia-G's Hessian: its update with h never refreshed (h = 0 clips every coordinate),
-    # i.e. sign descent with momentum beta1 and the same decoupled weight decay (Sophia-G's paper config)
-    "signmomentum": OptimizerSpec(sophia(SophiaG), diagnostics=True, paper="sophia"),
-}
-assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES)
 
 
 @torch.no_grad()

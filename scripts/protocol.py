@@ -105,7 +105,7 @@ class Run:
             settings["overwrite"] = True
         if self.rho is not None:
             settings["rho"] = self.rho
-        from train import OPTIMIZERS  # here: the planner itself needs no torch
+        from optimizers import OPTIMIZERS  # here: the planner itself needs no torch
 
         return [OPTIMIZERS[self.optimizer].paper_config(), SCALE_CONFIG, *(f"--{k}={v}" for k, v in settings.items())]
 
