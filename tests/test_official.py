@@ -63,30 +63,10 @@ compile = True
 out_dir = 'out_small_sophiag_100k'
 """
 
-# config/train_gpt2_small_adam.py of the official repository (comments reworded)
-OFFICIAL_SMALL_ADAM = """\
-wandb_log = True
-wandb_project = 'sophia'
-wandb_run_name='gpt2-small-adam-100k'
-
-# about 0.5M tokens per iteration: 8 sequences x 1024 tokens x 6 accumulation steps x 10 GPUs
-batch_size = 8
-block_size = 1024
-gradient_accumulation_steps = 6
-
-n_layer = 12
-n_head = 12
-n_embd = 768
-dropout = 0.0 # 0 for pre-training
-bias = False
-
-max_iters = 100000
-lr_decay_iters = 100000
-
-eval_interval = 1000
-eval_iters = 200
-log_interval = 10
-
+# config/train_gpt2_small_adam.py of the official repository: the Sophia-G file's lines but for the run's name,
+# total_bs (which it leaves out), the optimizer and the output folder
+OFFICIAL_SMALL_ADAM = OFFICIAL_SMALL_SOPHIAG.split("# optimizer\n")[0].replace(
+    "gpt2-small-sophiag-100k", "gpt2-small-adam-100k").replace("total_bs = 480\n", "") + """\
 optimizer_name = 'adamw'
 learning_rate = 6e-4 # peak
 weight_decay = 1e-1
