@@ -242,8 +242,8 @@ def translate_official_keys(values):
     translated = {}
     for key, value in values.items():
         if key in OFFICIAL_KEYS:
-            ours, note = OFFICIAL_KEYS[key]
-            _note(note)
+            ours, note_text = OFFICIAL_KEYS[key]
+            note(note_text)
             if ours is None:
                 continue
             key = ours
@@ -251,7 +251,8 @@ def translate_official_keys(values):
     return translated
 
 
-def _note(text):
+def note(text):
+    """A one-line note on stderr about how the config was read (from one process under torchrun)."""
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process reads the config: one says it
         print(f"note: {text}", file=sys.stderr)
 

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                         set_rng_state)
-from configurator import ConfigError, describe_keys, load_config
+from configurator import ConfigError, describe_keys, load_config, note
 from data.tokens import DatasetError, check_all_tokens, check_tokens, open_split, read_meta
 from metrics import MetricsError, MetricsLog, check_wandb
 from model import GPT, GPTConfig
@@ -74,8 +74,7 @@ def init_distributed(cfg):
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cuda else "gloo")
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg = resolve_batches(dataclasses.replace(cfg, device=device, backend=backend,
-                                              compile=cuda if cfg.compile is None else cfg.compile),
-                          world_size, rank == 0)
+                                              compile=cuda if cfg.compile is None else cfg.compile), world_size)
     if "RANK" not in os.environ:  # a single process
         return cfg, Dist(device=device)
     if cuda:
@@ -86,7 +85,7 @@ def init_distributed(cfg):
     return cfg, Dist(rank, world_size, device, control)
 
 
-def resolve_batches(cfg, world_size, speak=True):
+def resolve_batches(cfg, world_size):
     """The config with hess_total_bs (0 = total_bs) and the accumulation steps of the training and the
     Hessian batches written in, for `world_size` processes."""
     hess_total_bs = cfg.hess_total_bs or cfg.total_bs
@@ -94,10 +93,10 @@ def resolve_batches(cfg, world_size, speak=True):
         raise ConfigError(f"gnb_batch='train' takes the refresh batch from the iteration's batch: "
                           f"hess_total_bs={hess_total_bs} must be <= total_bs={cfg.total_bs}")
     steps = accumulation_steps(cfg.total_bs, cfg.batch_size, world_size)
-    if cfg.gradient_accumulation_steps not in (0, steps) and speak:  # e.g. an official config, made for 10 GPUs
-        print(f"note: gradient_accumulation_steps={cfg.gradient_accumulation_steps} is replaced by {steps}: the "
-              f"accumulation here is total_bs / (batch_size * processes) = {cfg.total_bs} / ({cfg.batch_size} * "
-              f"{world_size})", file=sys.stderr)
+    if cfg.gradient_accumulation_steps not in (0, steps):  # e.g. an official config, made for 10 GPUs
+        note(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is replaced by {steps}: the "
+             f"accumulation here is total_bs / (batch_size * processes) = {cfg.total_bs} / ({cfg.batch_size} * "
+             f"{world_size})")
     return dataclasses.replace(cfg, hess_total_bs=hess_total_bs, gradient_accumulation_steps=steps,
                                hess_accumulation_steps=accumulation_steps(hess_total_bs, cfg.batch_size, world_size,
                                                                           key="hess_total_bs"))
@@ -173,6 +172,7 @@ def dataset_dir(name):
     here = os.path.join("data", name)
     return here if os.path.isdir(here) else os.path.relpath(os.path.join(REPO, "data", name))
 
+
 class Batches:
     """Windows of `block_size + 1` tokens from a token file.
 
@@ -246,8 +246,6 @@ def get_lr(it, cfg):
         return cfg.min_lr
     decay_ratio = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (cfg.learning_rate - cfg.min_lr)
-
-
 
 
 @torch.no_grad()
@@ -434,6 +432,7 @@ class Trainer:
         n_micro = self.cfg.hess_accumulation_steps
         self.gnb_gradient = [torch.zeros_like(p) for p in params]
         index = iter(range(n_micro))
+        scale = (self.loss_scale() or 1) / n_micro  # once: under fp16 the loss scale is a host sync
 
         def loss_fn(model, X, Y):
             logits, loss = model(X, Y)
@@ -441,8 +440,7 @@ class Trainer:
             if i is not None:
                 seed = micro_batch_seed((self.cfg.seed, self.iter_num + 1), self.dist.rank * n_micro + i)
                 torch._foreach_add_(self.gnb_gradient, sampled_gradient(
-                    logits, params, scale=(self.loss_scale() or 1) / n_micro, seed=seed,
-                    loss_fn=self.sampled_cross_entropy))
+                    logits, params, scale=scale, seed=seed, loss_fn=self.sampled_cross_entropy))
             return loss
 
         return loss_fn
