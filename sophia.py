@@ -381,14 +381,17 @@ class Lion(_ClippedSignOptimizer):
 def micro_batch_seed(seed, index):
     """The sampling seed of micro-batch `index` (counted over all ranks) of a refresh seeded with `seed` (an
     int or a tuple of ints): the labels then depend neither on the number of processes nor on the order in
-    which they run."""
-    return hash((*(seed if isinstance(seed, tuple) else (seed,)), index))
+    which they run. None for an unseeded refresh."""
+    return None if seed is None else hash((*(seed if isinstance(seed, tuple) else (seed,)), index))
 
 
 @contextlib.contextmanager
 def seeded(seed, device):
     """Draw from the global generators (dropout, sampling) as if just seeded with `seed`; they are left
-    as they were."""
+    as they were. With seed None, draw from them as they are."""
+    if seed is None:
+        yield
+        return
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
         torch.manual_seed(seed)
         yield
@@ -446,8 +449,7 @@ def gnb_refresh(optimizer, logits_fn, inputs, *, params=None, max_norm=None, see
     loss_fn = loss_fn or sampled_cross_entropy
     tokens = 0
     for i, X in enumerate(inputs):
-        with seeded(micro_batch_seed(seed, rank * len(inputs) + i), X.device) if seed is not None else \
-                contextlib.nullcontext():
+        with seeded(micro_batch_seed(seed, rank * len(inputs) + i), X.device):
             logits = logits_fn(X)
             loss = loss_fn(logits)
         (loss * (1 / len(inputs)) * (loss_scale or 1)).backward()  # as gradient accumulation scales a micro-batch
@@ -462,7 +464,7 @@ def sampled_gradient(logits, params, *, scale=1.0, seed=None, loss_fn=None):
     step's own forward pass, whose graph is kept for the training loss's backward. Sum it over the
     micro-batches with scale = 1 / their number (times the loss scale under fp16), put the sum in p.grad
     after the step, then call fold_in_estimate. `seed`: this micro-batch's (see micro_batch_seed)."""
-    with seeded(seed, logits.device) if seed is not None else contextlib.nullcontext():
+    with seeded(seed, logits.device):
         loss = (loss_fn or sampled_cross_entropy)(logits)
     return torch.autograd.grad(loss * scale, params, retain_graph=True)
 
