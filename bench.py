@@ -119,6 +119,7 @@ def bench_training(args, spec, overrides):
             for _ in range(k):
                 trainer.train_iteration()
             synchronize(dist.device)
+        os.makedirs(cfg.out_dir, exist_ok=True)
         path = os.path.join(cfg.out_dir, f"trace_{spec.replace(':', '_')}")
         prof.export_chrome_trace(path + ".json")
         table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
@@ -239,10 +240,10 @@ def main():
     args, config_args = parser.parse_known_args()
     try:
         overrides = parse_settings([arg.removeprefix("--") for arg in config_args])
-        overrides["dataset"] = overrides.get("dataset") or make_synthetic_dataset()
         if args.optim_only:
             header, rows = bench_optimizers(args, overrides)
         else:
+            overrides["dataset"] = overrides.get("dataset") or make_synthetic_dataset()  # for the Trainer only
             results = [bench_training(args, spec, overrides) for spec in args.optimizers.split(",")]
             rows, cfg = [row for row, _ in results], results[0][1]
             base = next((r for r in rows if r["optimizer"] == "adamw"), None)
