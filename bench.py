@@ -24,6 +24,7 @@ import gc
 import os
 import statistics
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -93,6 +94,23 @@ def bench_training(args, spec, overrides):
     optimizer_name, row = parse_row(spec)
     cfg, dist = init_distributed(row_config(args.size, optimizer_name, {**overrides, **row}))
     cuda = dist.device.startswith("cuda")
+    try:
+        row = measure_training(args, cfg, dist, spec)
+    except Exception as e:  # a row that fails (e.g. does not fit) says so; the others still run
+        traceback.print_exc()
+        reason = "out of memory" if isinstance(e, torch.cuda.OutOfMemoryError) else f"failed: {type(e).__name__}"
+        row = {"optimizer": spec.replace(":", " "), "micro-batch": cfg.batch_size, "output layer": cfg.output_layer,
+               "ms/iter": reason}
+    gc.collect()  # the Trainer is in a reference cycle: collect it so the next row starts with free memory
+    torch._dynamo.reset()  # each row compiles afresh (no recompile limit, no shapes carried over)
+    if cuda:
+        torch.cuda.empty_cache()
+    print(markdown([row]), flush=True)
+    return row, cfg
+
+
+def measure_training(args, cfg, dist, spec):
+    cuda = dist.device.startswith("cuda")
     trainer = Trainer(cfg, dist)
     k = cfg.hess_interval
     for _ in range(k):  # compiles the training step and, at iteration k, the refresh
@@ -103,6 +121,8 @@ def bench_training(args, spec, overrides):
     seconds = timed(lambda: [trainer.train_iteration() for _ in range(n)], dist.device)
     row = {
         "optimizer": spec.replace(":", " "),
+        "micro-batch": cfg.batch_size,
+        "output layer": cfg.output_layer,
         "ms/iter": 1000 * seconds / n,
         "tokens/s": trainer.tokens_per_iter * n / seconds,
         "MFU": trainer.model.estimate_mfu(trainer.tokens_per_iter, seconds / n, cfg.peak_flops) if cuda else float("nan"),
@@ -127,13 +147,7 @@ def bench_training(args, spec, overrides):
         with open(path + ".txt", "w") as f:
             f.write(table)
         print(f"profile of {k} iterations ({path}.json, .txt):\n{table}")
-    trainer = None  # the Trainer is in a reference cycle: collect it so the next row starts with free memory
-    gc.collect()
-    torch._dynamo.reset()  # each row compiles afresh (no recompile limit, no shapes carried over)
-    if cuda:
-        torch.cuda.empty_cache()
-    print(markdown([row]), flush=True)
-    return row, cfg
+    return row
 
 
 def copy_bandwidth(device, n_bytes=2**30):
@@ -248,12 +262,12 @@ def main():
             rows, cfg = [row for row, _ in results], results[0][1]
             base = next((r for r in rows if r["optimizer"] == "adamw"), None)
             for row in rows:
-                if base and row is not base:
+                if base and row is not base and isinstance(row["ms/iter"], float) and isinstance(base["ms/iter"], float):
                     row["time vs adamw"] = f"{100 * (row['ms/iter'] / base['ms/iter'] - 1):+.1f}%"
                     row["memory vs adamw"] = f"{100 * (row['peak GiB'] / base['peak GiB'] - 1):+.1f}%"
-            header = (f"gpt2-{args.size} ({cfg.n_layer} layers, {cfg.n_embd} wide), micro-batch {cfg.batch_size}, "
-                      f"{cfg.total_bs} x {cfg.block_size} tokens per iteration, compile={cfg.compile} "
-                      f"({cfg.compile_mode}), {device_name(cfg.device)}")
+            header = (f"gpt2-{args.size} ({cfg.n_layer} layers, {cfg.n_embd} wide), {cfg.total_bs} x {cfg.block_size} "
+                      f"tokens per iteration, compile={cfg.compile} ({cfg.compile_mode}), {cfg.dtype}, "
+                      f"{device_name(cfg.device)}, torch {torch.__version__}")
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
     text = f"{header}\n\n{markdown(rows)}\n"

@@ -117,6 +117,9 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        # fn(hidden, weight, targets) -> mean cross-entropy, computing output layer and loss in one kernel
+        # (kernels.OUTPUT_LAYERS); None: the logits, then F.cross_entropy
+        self.fused_loss = None
 
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled down so the residual stream's variance does not grow with depth
@@ -139,18 +142,28 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None):
         """Logits for every position, and the mean cross-entropy against `targets` when given
-        (positions with target -1 are ignored)."""
+        (positions with target -1 are ignored).
+
+        With a fused output layer (`fused_loss`, e.g. kernels.liger_linear_cross_entropy) and targets given,
+        the logits are never made: the first value is then the output layer's input, `hidden_states(idx)`."""
+        x = self.hidden_states(idx)
+        if targets is not None and self.fused_loss:
+            return x, self.fused_loss(x, self.lm_head.weight, targets)
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def hidden_states(self, idx):
+        """The last LayerNorm's output (B, T, n_embd): what the output layer multiplies by wte.T."""
         B, T = idx.size()
         assert T <= self.config.block_size, f"sequence of length {T} > block_size {self.config.block_size}"
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
+        return self.transformer.ln_f(x)
 
     @contextmanager
     def explicit_attention(self):

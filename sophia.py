@@ -67,6 +67,23 @@ def sampled_cross_entropy(logits, generator=None):
     return F.cross_entropy(logits.float(), labels)  # fp32, as under autocast: logits may come out of it in bf16
 
 
+def sample_from_linear(hidden, weight, generator=None, block_rows=8192):
+    """sample_from_logits(hidden @ weight.T), computed `block_rows` rows at a time: the same exact samples of
+    the output layer's softmax with only one block's logits in memory, for a fused output layer (whose full
+    logits never exist). Labels shaped like hidden without its last dimension; no gradient."""
+    with torch.no_grad():
+        rows = hidden.reshape(-1, hidden.size(-1))
+        labels = [sample_from_logits(F.linear(block, weight), generator) for block in rows.split(block_rows)]
+    return torch.cat(labels).view(hidden.shape[:-1])
+
+
+def sampled_linear_cross_entropy(hidden, weight, linear_cross_entropy, generator=None):
+    """sampled_cross_entropy for a fused output layer: labels from sample_from_linear, then
+    linear_cross_entropy(hidden, weight, labels) (e.g. kernels.liger_linear_cross_entropy), the mean
+    cross-entropy of softmax(hidden @ weight.T) against them. Its gradient is the same g_hat."""
+    return linear_cross_entropy(hidden, weight, sample_from_linear(hidden, weight, generator))
+
+
 def rademacher_like(tensors, generator=None):
     """Random +-1 vectors shaped like `tensors` (Hutchinson's probe u)."""
     return [torch.randint(0, 2, t.shape, generator=generator, device=t.device).to(t.dtype).mul_(2).sub_(1)
@@ -441,7 +458,9 @@ def gnb_refresh(optimizer, logits_fn, inputs, *, params=None, max_norm=None, see
     softmax; clipped at max_norm like a training gradient (the official code clips it at grad_clip); then
     h <- beta2 h + (1 - beta2) g_hat^2. Micro-batch i of rank r samples (and runs dropout) under
     `micro_batch_seed(seed, r * len(inputs) + i)` when a seed is given, else from the global generators.
-    `loss_fn(logits)` replaces sampled_cross_entropy (e.g. a compiled copy of it). Under fp16, pass the
+    `loss_fn(logits)` replaces sampled_cross_entropy (e.g. a compiled copy of it). With a fused output layer,
+    logits_fn gives the hidden states and loss_fn is sampled_linear_cross_entropy with the output weight bound
+    (the logits then never exist: the refresh's peak memory stays the training step's). Under fp16, pass the
     GradScaler's get_scale() as loss_scale: the loss is scaled for its backward, the estimate unscaled.
     Every rank must pass the same number of micro-batches, and p.grad must be empty (call it after
     zero_grad). Returns the number of tokens behind the estimate (over all ranks): pass it to step(bs=...)."""
@@ -450,10 +469,10 @@ def gnb_refresh(optimizer, logits_fn, inputs, *, params=None, max_norm=None, see
     tokens = 0
     for i, X in enumerate(inputs):
         with seeded(micro_batch_seed(seed, rank * len(inputs) + i), X.device):
-            logits = logits_fn(X)
-            loss = loss_fn(logits)
+            outputs = logits_fn(X)
+            loss = loss_fn(outputs)
         (loss * (1 / len(inputs)) * (loss_scale or 1)).backward()  # as gradient accumulation scales a micro-batch
-        tokens += logits[..., 0].numel()
+        tokens += outputs[..., 0].numel()
     fold_in_estimate(optimizer, params, max_norm=max_norm, loss_scale=loss_scale)
     return tokens * world_size
 

@@ -36,8 +36,9 @@ from model import GPT, GPTConfig
 from optimizers import OPTIMIZERS
 from outdir import OutDir, OutDirError
 from progress import Eta, duration, warn_if_too_big_for_the_cpu
+from kernels import OUTPUT_LAYERS, check_fp8, check_output_layer, convert_to_float8, torch_linear_cross_entropy
 from sophia import (fold_in_estimate, gnb_refresh, hutchinson_refresh, micro_batch_seed, sampled_cross_entropy,
-                    sampled_gradient)
+                    sampled_gradient, sampled_linear_cross_entropy)
 
 
 # ----------------------------------------------------------------------------- processes and devices
@@ -72,6 +73,14 @@ def init_distributed(cfg):
         raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} GPU(s), "
                           f"numbered from 0")
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cuda else "gloo")
+    try:
+        check_output_layer(cfg.output_layer, cuda)
+        if cfg.fp8:
+            check_fp8(device)
+            if OPTIMIZERS[cfg.optimizer_name].refresh == "hutchinson":
+                raise ValueError("fp8=True cannot run Sophia-H's refresh: float8 matmuls have no double backward")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg = resolve_batches(dataclasses.replace(cfg, device=device, backend=backend,
                                               compile=cuda if cfg.compile is None else cfg.compile), world_size)
@@ -306,6 +315,8 @@ class Trainer:
                                    n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
                                    scale_attn_by_inverse_layer_idx=cfg.scale_attn_by_inverse_layer_idx))
         self.model.to(dist.device)
+        if cfg.fp8:
+            convert_to_float8(self.model)
         data_dir = dataset_dir(cfg.dataset)
         vocab = self.model.config.vocab_size
         self.train_data = Batches(data_dir, "train", cfg, dist, vocab)
@@ -338,7 +349,14 @@ class Trainer:
         if self.gnb_from_train_batch:
             self.compile_settings = torch._functorch.config.patch(donated_buffer=False)
         self.compiled = compiled(self.model)
+        # Sophia-G's refresh: forward to the output layer, then the cross-entropy against labels sampled there
+        self.refresh_forward = lambda X: self.compiled(X)[0]
         self.sampled_cross_entropy = compiled(sampled_cross_entropy)
+        fused_loss = OUTPUT_LAYERS[cfg.output_layer][0] if cfg.output_layer != "torch" else None
+        if fused_loss:  # the logits never exist: hidden states, and labels sampled a block of rows at a time
+            self.model.fused_loss = fused_loss
+            self.refresh_forward = compiled(self.model.hidden_states)
+            self.sampled_cross_entropy = compiled(self.sampled_linear_cross_entropy)
         self.ddp_model = self.compiled
         if dist.world_size > 1:
             self.ddp_model = DDP(self.compiled, device_ids=[dist.device] if self.device_type == "cuda" else None)
@@ -411,7 +429,7 @@ class Trainer:
             fold_in_estimate(self.optimizer, params, max_norm=self.cfg.grad_clip, loss_scale=self.loss_scale())
         else:
             inputs = [X for X, _ in self.train_data.next_batch(self.cfg.hess_total_bs)]
-            gnb_refresh(self.optimizer, self.logits, inputs, params=params, max_norm=self.cfg.grad_clip,
+            gnb_refresh(self.optimizer, self.refresh_outputs, inputs, params=params, max_norm=self.cfg.grad_clip,
                         seed=(self.cfg.seed, self.iter_num), loss_fn=self.sampled_cross_entropy,
                         loss_scale=self.loss_scale())
 
@@ -419,9 +437,15 @@ class Trainer:
         """What the refreshes multiply their loss by before its backward: the GradScaler's scale under fp16."""
         return self.scaler.get_scale() if self.scaler else None
 
-    def logits(self, X):
+    def sampled_linear_cross_entropy(self, hidden):
+        """With a fused output layer, the output layer runs in the loss: under autocast, as the training step's."""
         with self.ctx:
-            return self.compiled(X)[0]
+            return sampled_linear_cross_entropy(hidden, self.model.lm_head.weight, self.model.fused_loss)
+
+    def refresh_outputs(self, X):
+        """What the fresh GNB refresh samples from: the logits, or the hidden states for a fused output layer."""
+        with self.ctx:
+            return self.refresh_forward(X)
 
     def data_loss_and_gnb_gradient(self):
         """A loss_fn for accumulate_gradients that, on the first micro-batches (hess_total_bs sequences
@@ -435,12 +459,12 @@ class Trainer:
         scale = (self.loss_scale() or 1) / n_micro  # once: under fp16 the loss scale is a host sync
 
         def loss_fn(model, X, Y):
-            logits, loss = model(X, Y)
+            outputs, loss = model(X, Y)  # logits, or hidden states for a fused output layer
             i = next(index, None)
             if i is not None:
                 seed = micro_batch_seed((self.cfg.seed, self.iter_num + 1), self.dist.rank * n_micro + i)
                 torch._foreach_add_(self.gnb_gradient, sampled_gradient(
-                    logits, params, scale=scale, seed=seed, loss_fn=self.sampled_cross_entropy))
+                    outputs, params, scale=scale, seed=seed, loss_fn=self.sampled_cross_entropy))
             return loss
 
         return loss_fn
@@ -449,9 +473,10 @@ class Trainer:
         """Sophia-H (sophia.hutchinson_refresh): u * (H u) for the Hessian of the mean loss over a fresh
         batch, with one Rademacher u seeded by (seed, iteration), so the same on every rank. Runs on the plain
         model with explicit attention: double backward needs neither compile nor DDP nor SDPA."""
-        def loss_fn(batch):
+        def loss_fn(batch):  # through the logits whatever output_layer says: fused kernels have no double backward
+            X, Y = batch
             with self.ctx:
-                return data_loss(self.model, *batch)
+                return torch_linear_cross_entropy(self.model.hidden_states(X), self.model.lm_head.weight, Y)
 
         with self.model.explicit_attention():
             hutchinson_refresh(self.optimizer, loss_fn, self.train_data.next_batch(self.cfg.hess_total_bs),
