@@ -230,8 +230,9 @@ def markdown(rows):
         cells = []
         for k in keys:
             v = row.get(k, "")
-            cells.append(f"{100 * v:.1f}%" if k == "MFU" else f"{v:,.0f}" if k == "tokens/s"
-                         else f"{v:.2f}" if isinstance(v, float) else str(v))
+            if isinstance(v, float):
+                v = f"{100 * v:.1f}%" if k == "MFU" else f"{v:,.0f}" if k == "tokens/s" else f"{v:.2f}"
+            cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -31,12 +31,12 @@ from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
                         set_rng_state)
 from configurator import ConfigError, describe_keys, load_config, note
 from data.tokens import DatasetError, check_all_tokens, check_tokens, open_split, read_meta
+from kernels import OUTPUT_LAYERS, check_fp8, check_output_layer, convert_to_float8, torch_linear_cross_entropy
 from metrics import MetricsError, MetricsLog, check_wandb
 from model import GPT, GPTConfig
 from optimizers import OPTIMIZERS
 from outdir import OutDir, OutDirError
 from progress import Eta, duration, warn_if_too_big_for_the_cpu
-from kernels import OUTPUT_LAYERS, check_fp8, check_output_layer, convert_to_float8, torch_linear_cross_entropy
 from sophia import (fold_in_estimate, gnb_refresh, hutchinson_refresh, micro_batch_seed, sampled_cross_entropy,
                     sampled_gradient, sampled_linear_cross_entropy)
 

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 import pytest
+import torch
 
 from bench import BENCH_SETTINGS, parse_row, row_config
 from configurator import ConfigError, load_config
@@ -39,17 +40,38 @@ def test_bench_prints_a_row_per_optimizer_and_the_overhead_against_adamw(tmp_pat
         env={**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     table = out.read_text().splitlines()
-    assert table[0] == "gpt2-small (1 layers, 32 wide), micro-batch 2, 4 x 32 tokens per iteration, compile=True " \
-                       "(default), cpu"
+    assert table[0] == "gpt2-small (1 layers, 32 wide), 4 x 32 tokens per iteration, compile=True (default), " \
+                       f"bfloat16, cpu, torch {torch.__version__}"
     header = [cell.strip() for cell in table[2].strip("|").split("|")]
-    assert header == ["optimizer", "ms/iter", "tokens/s", "MFU", "peak GiB", "refresh ms", "refresh ms/iter",
-                      "time vs adamw", "memory vs adamw"]
+    assert header == ["optimizer", "micro-batch", "output layer", "ms/iter", "tokens/s", "MFU", "peak GiB",
+                      "refresh ms", "refresh ms/iter", "time vs adamw", "memory vs adamw"]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[4:6]]
-    assert [row[0] for row in rows] == ["adamw", "sophiag gnb_batch=train hess_total_bs=2"]
+    assert [row[:3] for row in rows] == [["adamw", "2", "torch"], ["sophiag gnb_batch=train hess_total_bs=2", "2", "torch"]]
     for row in rows:
-        assert float(row[1]) > 0 and float(row[2].replace(",", "")) > 0
-    assert rows[0][5] == "" and float(rows[1][5]) > 0  # AdamW has no refresh
-    assert rows[1][7].endswith("%")
+        assert float(row[3]) > 0 and float(row[4].replace(",", "")) > 0
+    assert rows[0][7] == "" and float(rows[1][7]) > 0  # AdamW has no refresh
+    assert rows[1][9].endswith("%")
+
+
+def test_a_failing_row_says_so_and_the_others_still_run(tmp_path):
+    """A row that fails (here: its dataset does not exist; on a GPU: one that does not fit) is reported in the
+    table, with the error's traceback on stderr, and the next row is measured."""
+    folder = tmp_path / "data" / "tiny"
+    folder.mkdir(parents=True)
+    for split in ("train", "val"):
+        write_tokens(str(folder / f"{split}.bin"), np.random.default_rng(0).integers(0, 512, 20_000).astype(np.uint16))
+    out = tmp_path / "table.md"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench.py"), "--n_layer=1", "--n_head=2", "--n_embd=32",
+         "--batch_size=2", "--total_bs=2", "--block_size=32", "--rounds=1", "--dataset=tiny", f"--out={out}",
+         "--device=cpu", "--compile=False", "--optimizers=adamw:dataset=no_such_dataset,adamw"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DatasetError" in result.stderr
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.read_text().splitlines()[4:6]]
+    assert rows[0][0] == "adamw dataset=no_such_dataset" and rows[0][3] == "failed: DatasetError"
+    assert rows[1][0] == "adamw" and float(rows[1][3]) > 0
 
 
 def test_rows_take_the_paper_configs_then_the_command_line_then_their_own_settings():
