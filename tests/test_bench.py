@@ -23,9 +23,8 @@ def test_rows_parse_config_overrides():
                                                                                  "hess_total_bs": 240})
 
 
-def test_bench_prints_a_row_per_optimizer_and_the_overhead_against_adamw(tmp_path):
-    """Compiled, as on a GPU: the refresh from the training batch backpropagates twice through the
-    compiled graph, which only works with the compile settings train.py sets for it."""
+def run_bench(tmp_path, *args):
+    """bench.py on a tiny model and a tiny random dataset, on the CPU; returns the process and the table's lines."""
     folder = tmp_path / "data" / "tiny"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -34,18 +33,27 @@ def test_bench_prints_a_row_per_optimizer_and_the_overhead_against_adamw(tmp_pat
     out = tmp_path / "table.md"
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "bench.py"), "--n_layer=1", "--n_head=2", "--n_embd=32",
-         "--batch_size=2", "--total_bs=4", "--block_size=32", "--rounds=1", "--dataset=tiny", f"--out={out}",
-         "--device=cpu", "--compile=True", "--optimizers=adamw,sophiag:gnb_batch=train:hess_total_bs=2"],
+         "--batch_size=2", "--block_size=32", "--rounds=1", "--dataset=tiny", f"--out={out}", "--device=cpu", *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    table = out.read_text().splitlines()
+    return result, out.read_text().splitlines()
+
+
+def cells(line):
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_bench_prints_a_row_per_optimizer_and_the_overhead_against_adamw(tmp_path):
+    """Compiled, as on a GPU: the refresh from the training batch backpropagates twice through the
+    compiled graph, which only works with the compile settings train.py sets for it."""
+    _, table = run_bench(tmp_path, "--total_bs=4", "--compile=True",
+                         "--optimizers=adamw,sophiag:gnb_batch=train:hess_total_bs=2")
     assert table[0] == "gpt2-small (1 layers, 32 wide), 4 x 32 tokens per iteration, compile=True (default), " \
                        f"bfloat16, cpu, torch {torch.__version__}"
-    header = [cell.strip() for cell in table[2].strip("|").split("|")]
-    assert header == ["optimizer", "micro-batch", "output layer", "ms/iter", "tokens/s", "MFU", "peak GiB",
-                      "refresh ms", "refresh ms/iter", "time vs adamw", "memory vs adamw"]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[4:6]]
+    assert cells(table[2]) == ["optimizer", "micro-batch", "output layer", "ms/iter", "tokens/s", "MFU", "peak GiB",
+                               "refresh ms", "refresh ms/iter", "time vs adamw", "memory vs adamw"]
+    rows = [cells(line) for line in table[4:6]]
     assert [row[:3] for row in rows] == [["adamw", "2", "torch"], ["sophiag gnb_batch=train hess_total_bs=2", "2", "torch"]]
     for row in rows:
         assert float(row[3]) > 0 and float(row[4].replace(",", "")) > 0
@@ -56,20 +64,10 @@ def test_bench_prints_a_row_per_optimizer_and_the_overhead_against_adamw(tmp_pat
 def test_a_failing_row_says_so_and_the_others_still_run(tmp_path):
     """A row that fails (here: its dataset does not exist; on a GPU: one that does not fit) is reported in the
     table, with the error's traceback on stderr, and the next row is measured."""
-    folder = tmp_path / "data" / "tiny"
-    folder.mkdir(parents=True)
-    for split in ("train", "val"):
-        write_tokens(str(folder / f"{split}.bin"), np.random.default_rng(0).integers(0, 512, 20_000).astype(np.uint16))
-    out = tmp_path / "table.md"
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "bench.py"), "--n_layer=1", "--n_head=2", "--n_embd=32",
-         "--batch_size=2", "--total_bs=2", "--block_size=32", "--rounds=1", "--dataset=tiny", f"--out={out}",
-         "--device=cpu", "--compile=False", "--optimizers=adamw:dataset=no_such_dataset,adamw"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, table = run_bench(tmp_path, "--total_bs=2", "--compile=False",
+                              "--optimizers=adamw:dataset=no_such_dataset,adamw")
     assert "DatasetError" in result.stderr
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.read_text().splitlines()[4:6]]
+    rows = [cells(line) for line in table[4:6]]
     assert rows[0][0] == "adamw dataset=no_such_dataset" and rows[0][3] == "failed: DatasetError"
     assert rows[1][0] == "adamw" and float(rows[1][3]) > 0
 
