@@ -63,7 +63,7 @@ class CausalSelfAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(config.n_embd // config.n_head)
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= layer_idx + 1
-        self.use_sdpa = True  # False: explicit_attention (see GPT.explicit_attention)
+        self.use_sdpa = True  # False: explicit_attention (see GPT.twice_differentiable)
 
     def forward(self, x):
         B, T, C = x.size()
@@ -166,17 +166,21 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     @contextmanager
-    def explicit_attention(self):
-        """Route attention through `explicit_attention` inside the block, e.g. for the double
-        backward of Hutchinson's Hessian-vector products (fused SDPA kernels have none)."""
+    def twice_differentiable(self):
+        """Inside the block, the model has a double backward (e.g. for Hutchinson's Hessian-vector
+        products): attention goes through `explicit_attention` and the loss through the logits, since the
+        fused kernels (SDPA's, a fused output layer's) have none."""
         attns = [block.attn for block in self.transformer.h]
+        fused_loss = self.fused_loss
         for attn in attns:
             attn.use_sdpa = False
+        self.fused_loss = None
         try:
             yield self
         finally:
             for attn in attns:
                 attn.use_sdpa = True
+            self.fused_loss = fused_loss
 
     def param_sets(self):
         """The parameters by kind, each sorted by name (the official code's order): the embeddings

@@ -92,7 +92,7 @@ def rademacher_like(tensors, generator=None):
 
 def hessian_vector_product(loss, params, vectors):
     """H v for the Hessian of `loss` w.r.t. `params`, by double backward (needs a twice-differentiable
-    model: see GPT.explicit_attention)."""
+    model: see GPT.twice_differentiable)."""
     grads = torch.autograd.grad(loss, params, create_graph=True)
     return torch.autograd.grad(grads, params, grad_outputs=vectors)
 
@@ -491,7 +491,7 @@ def sampled_gradient(logits, params, *, scale=1.0, seed=None, loss_fn=None):
 def hutchinson_refresh(optimizer, loss_fn, inputs, *, params=None, generator=None, loss_scale=None):
     """Sophia-H's refresh: u * (H u), H the Hessian of the mean of loss_fn(batch) over the micro-batches
     `inputs` (and over ranks), u one Rademacher vector from `generator` (seed it alike on every rank), by
-    double backward (the model must be twice differentiable: see GPT.explicit_attention); then
+    double backward (the model must be twice differentiable: see GPT.twice_differentiable); then
     h <- beta2 h + (1 - beta2) u * (H u). `loss_scale` as for gnb_refresh. Returns 1, SophiaH's step bs."""
     params = [p for p in _params(optimizer, params) if p.requires_grad]
     probe = rademacher_like(params, generator)

@@ -31,7 +31,7 @@ from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
                         set_rng_state)
 from configurator import ConfigError, describe_keys, load_config, note
 from data.tokens import DatasetError, check_all_tokens, check_tokens, open_split, read_meta
-from kernels import OUTPUT_LAYERS, check_fp8, check_output_layer, convert_to_float8, torch_linear_cross_entropy
+from kernels import OUTPUT_LAYERS, check_fp8, check_output_layer, convert_to_float8
 from metrics import MetricsError, MetricsLog, check_wandb
 from model import GPT, GPTConfig
 from optimizers import OPTIMIZERS
@@ -472,13 +472,12 @@ class Trainer:
     def refresh_hutchinson(self):
         """Sophia-H (sophia.hutchinson_refresh): u * (H u) for the Hessian of the mean loss over a fresh
         batch, with one Rademacher u seeded by (seed, iteration), so the same on every rank. Runs on the plain
-        model with explicit attention: double backward needs neither compile nor DDP nor SDPA."""
-        def loss_fn(batch):  # through the logits whatever output_layer says: fused kernels have no double backward
-            X, Y = batch
+        model made twice differentiable: double backward needs neither compile nor DDP nor fused kernels."""
+        def loss_fn(batch):
             with self.ctx:
-                return torch_linear_cross_entropy(self.model.hidden_states(X), self.model.lm_head.weight, Y)
+                return data_loss(self.model, *batch)
 
-        with self.model.explicit_attention():
+        with self.model.twice_differentiable():
             hutchinson_refresh(self.optimizer, loss_fn, self.train_data.next_batch(self.cfg.hess_total_bs),
                                params=list(self.model.parameters()), loss_scale=self.loss_scale(),
                                generator=generator(hash((self.cfg.seed, self.iter_num)), self.dist.device))

@@ -76,10 +76,10 @@ def main():
                 run = f"{optimizer}-{name}"
                 command = [sys.executable, "train.py", config, *SHORT_RUN, *extra, f"--out_dir={args.out}/{run}",
                            f"--wandb_run_name={run}"]
-                log = open(os.path.join(args.out, f"{run}.log"), "w")
-                log.write(" ".join(command) + "\n")
-                log.flush()
-                processes.append((run, subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
+                with open(os.path.join(args.out, f"{run}.log"), "w") as log:  # the run keeps its own copy open
+                    log.write(" ".join(command) + "\n")
+                    log.flush()
+                    processes.append((run, subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
         failed = [run for run, process in processes if process.wait() != 0]
         if failed:
             raise SystemExit(f"error: these runs failed, see their logs in {args.out}: {', '.join(failed)}")

@@ -55,7 +55,7 @@ def test_sdpa_and_explicit_attention_agree_in_outputs_and_gradients():
         idx = torch.randint(0, 97, (3, 16))
         _, loss = model(idx, idx)
         grads = torch.autograd.grad(loss, list(model.parameters()))
-        with model.explicit_attention():
+        with model.twice_differentiable():
             assert not any(b.attn.use_sdpa for b in model.transformer.h)
             _, loss2 = model(idx, idx)
             grads2 = torch.autograd.grad(loss2, list(model.parameters()))
@@ -69,7 +69,7 @@ def test_explicit_attention_supports_double_backward():
     model = tiny()
     idx = torch.randint(0, 97, (2, 16))
     params = list(model.parameters())
-    with model.explicit_attention():
+    with model.twice_differentiable():
         _, loss = model(idx, idx)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         hv = torch.autograd.grad(grads, params, grad_outputs=[torch.ones_like(p) for p in params])

@@ -239,7 +239,7 @@ def test_hutchinson_refresh_by_hand():
     params = list(model.parameters())
     batches, beta2 = token_batches(3), optimizer.param_groups[0]["betas"][1]
 
-    with model.explicit_attention():  # SDPA has no double backward
+    with model.twice_differentiable():  # SDPA has no double backward
         probe = rademacher_like(params, torch.Generator().manual_seed(3))
         expected = [(1 - beta2) * e for e in hutchinson_by_hand(model, batches, probe)]
         bs = hutchinson_refresh(optimizer, data_loss_of(model), batches,
@@ -280,7 +280,7 @@ def both_refreshes(rank, world_size):
 
     optimizer = SophiaH(params)
     model.eval()
-    with model.explicit_attention():
+    with model.twice_differentiable():
         hutchinson_refresh(optimizer, data_loss_of(model), batches,
                            generator=torch.Generator().manual_seed(4))  # u alike on every rank
     result["hutchinson"] = hessians(optimizer, params)

@@ -897,7 +897,7 @@ def test_gnb_gpt_converges_to_gauss_newton_diagonal_for_any_batch_size():
     flat = Flat(model)
     seq = torch.randint(0, 11, (1, 4), generator=torch.Generator().manual_seed(13))
     idx = torch.cat([seq, seq])
-    with model.explicit_attention():  # vmap-friendly attention for jacrev; the same function
+    with model.twice_differentiable():  # vmap-friendly attention for jacrev; the same function
         jac = jacrev(lambda v: flat(v, idx)[0].reshape(-1, 11))(flat.vector)  # (tokens, vocab, params)
     with torch.no_grad():
         probs = model(idx)[0].reshape(-1, 11).softmax(-1)
@@ -949,7 +949,7 @@ def test_hessian_vector_product_is_exact_on_linear_softmax():
 
 
 def test_hutchinson_on_gpt_converges_to_hessian_diagonal():
-    """1-layer GPT (vocab 7, n_embd 4: 296 parameters) through GPT.explicit_attention(). Exact Hessian
+    """1-layer GPT (vocab 7, n_embd 4: 296 parameters) through GPT.twice_differentiable(). Exact Hessian
     by central finite differences of the gradient (float64, eps 1e-4, error ~1e-8: independent of
     double backward). E[u (H u)]_k = H_kk and Var[u (H u)]_k = sum_{j != k} H_kj^2 are then known
     exactly. The off-diagonal mass is ~5x the diagonal's, so the estimate converges slowly: over 1500
@@ -963,7 +963,7 @@ def test_hutchinson_on_gpt_converges_to_hessian_diagonal():
     idx = torch.randint(0, 7, (2, 4), generator=gen)
     targets = torch.randint(0, 7, (2, 4), generator=gen)
     n = flat.vector.numel()
-    with model.explicit_attention():
+    with model.twice_differentiable():
         gradient = grad(lambda v: flat(v, idx, targets)[1])
         eps = 1e-4
         shifts = eps * torch.eye(n, dtype=F64)
@@ -977,7 +977,7 @@ def test_hutchinson_on_gpt_converges_to_hessian_diagonal():
     total = torch.zeros(n, dtype=F64)
     probe_gen = torch.Generator().manual_seed(16)
     params = list(flat.params)
-    with model.explicit_attention():
+    with model.twice_differentiable():
         for _ in range(n_probes):
             u = rademacher_like(params, probe_gen)
             hu = hessian_vector_product(model(idx, targets)[1], params, u)
