@@ -11,6 +11,8 @@ optimizers alone. Prints Markdown tables; with --out, also writes them to a file
                                                        # ("ms": host and GPU, synchronised; "GPU ms": GPU
                                                        # time with the host ahead, as in training)
     python bench.py --profile                          # also a torch profiler trace per optimizer
+    torchrun --standalone --nproc_per_node=2 bench.py  # data parallel (DDP): tokens/s of all GPUs together,
+                                                       # MFU per GPU; rank 0 prints
 
 Each row's settings are its optimizer's paper config at --size (config/train_gpt2_<size>_*.py), then
 BENCH_SETTINGS, then the command line's other --key=value config keys (e.g. --device=cpu, --compile=False,
@@ -28,6 +30,7 @@ import traceback
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 
 from configurator import ConfigError, make_config, parse_value, read_config_file
 from data.tokens import write_tokens
@@ -105,8 +108,9 @@ def bench_training(args, spec, overrides):
     torch._dynamo.reset()  # each row compiles afresh (no recompile limit, no shapes carried over)
     if cuda:
         torch.cuda.empty_cache()
-    print(markdown([row]), flush=True)
-    return row, cfg
+    if dist.is_master:
+        print(markdown([row]), flush=True)
+    return row, cfg, dist
 
 
 def measure_training(args, cfg, dist, spec):
@@ -125,7 +129,8 @@ def measure_training(args, cfg, dist, spec):
         "output layer": cfg.output_layer,
         "ms/iter": 1000 * seconds / n,
         "tokens/s": trainer.tokens_per_iter * n / seconds,
-        "MFU": trainer.model.estimate_mfu(trainer.tokens_per_iter, seconds / n, cfg.peak_flops) if cuda else float("nan"),
+        "MFU": (trainer.model.estimate_mfu(trainer.tokens_per_iter / dist.world_size, seconds / n, cfg.peak_flops)
+                if cuda else float("nan")),  # per GPU
         "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
     }
     if trainer.refresh:  # its cost: the refreshing iteration (the period's last) against the others, each alone
@@ -139,6 +144,8 @@ def measure_training(args, cfg, dist, spec):
             for _ in range(k):
                 trainer.train_iteration()
             synchronize(dist.device)
+        if not dist.is_master:
+            return row
         os.makedirs(cfg.out_dir, exist_ok=True)
         path = os.path.join(cfg.out_dir, f"trace_{spec.replace(':', '_')}")
         prof.export_chrome_trace(path + ".json")
@@ -237,6 +244,11 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def processes(dist):
+    """'2 processes (DDP, nccl) on ' under torchrun, else ''."""
+    return f"{dist.world_size} processes (DDP) on " if dist.world_size > 1 else ""
+
+
 def device_name(device):
     return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else device
 
@@ -260,7 +272,7 @@ def main():
         else:
             overrides["dataset"] = overrides.get("dataset") or make_synthetic_dataset()  # for the Trainer only
             results = [bench_training(args, spec, overrides) for spec in args.optimizers.split(",")]
-            rows, cfg = [row for row, _ in results], results[0][1]
+            rows, (_, cfg, dist) = [row for row, _, _ in results], results[0]
             base = next((r for r in rows if r["optimizer"] == "adamw"), None)
             for row in rows:
                 if base and row is not base and isinstance(row["ms/iter"], float) and isinstance(base["ms/iter"], float):
@@ -268,9 +280,15 @@ def main():
                     row["memory vs adamw"] = f"{100 * (row['peak GiB'] / base['peak GiB'] - 1):+.1f}%"
             header = (f"gpt2-{args.size} ({cfg.n_layer} layers, {cfg.n_embd} wide), {cfg.total_bs} x {cfg.block_size} "
                       f"tokens per iteration, compile={cfg.compile} ({cfg.compile_mode}), {cfg.dtype}, "
-                      f"{device_name(cfg.device)}, torch {torch.__version__}")
+                      f"{processes(dist)}{device_name(cfg.device)}, torch {torch.__version__}")
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
+    if torch_dist.is_initialized():  # under torchrun: rank 0 reports
+        master = torch_dist.get_rank() == 0
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
+        if not master:
+            return
     text = f"{header}\n\n{markdown(rows)}\n"
     print(text)
     if args.out:

@@ -91,6 +91,10 @@ class Config:
     min_lr: float = 1.5e-5
     # --- system
     backend: str = "auto"  # DDP backend: 'auto' = nccl on CUDA, gloo on CPU
+    # seconds a process waits at a collective (gradient all-reduce, checkpoint, stop agreement) before it
+    # gives up on the others: bounds the hang when a process or node dies. Raise it where rank 0 may take
+    # longer to write a checkpoint or compile (max-autotune) than the others take to reach the next one
+    dist_timeout: float = 120.0
     device: str = "auto"  # 'auto' = cuda if available, else cpu; or 'cpu', 'cuda', 'cuda:1', ...
     # autocast dtype; weights are always fp32. float16 (for GPUs without bf16, the official code's default
     # there) scales the loss with a GradScaler and estimates the Hessian from unscaled gradients
@@ -132,7 +136,8 @@ OFFICIAL_CHOICES = {
                   "transformers, which this project does not use"),
 }
 POSITIVE = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size", "total_bs",
-            "n_layer", "n_head", "n_embd", "hess_interval", "learning_rate", "max_iters", "lr_decay_iters")
+            "n_layer", "n_head", "n_embd", "hess_interval", "learning_rate", "max_iters", "lr_decay_iters",
+            "dist_timeout")
 NON_NEGATIVE = ("warmup_iters", "min_lr", "weight_decay", "grad_clip", "rho", "hess_total_bs", "checkpoint_interval")
 FRACTIONS = ("dropout", "beta1", "beta2")  # in [0, 1)
 

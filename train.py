@@ -19,8 +19,10 @@ import os
 import signal
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -89,8 +91,10 @@ def init_distributed(cfg):
     if cuda:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
-    torch_dist.init_process_group(backend=backend)
-    control = torch_dist.new_group(backend="gloo") if backend != "gloo" else None
+    timeout = timedelta(seconds=cfg.dist_timeout)
+    if not torch_dist.is_initialized():  # bench.py sets up one Trainer per row in the same processes
+        torch_dist.init_process_group(backend=backend, timeout=timeout)
+    control = torch_dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
     return cfg, Dist(rank, world_size, device, control)
 
 
@@ -768,6 +772,8 @@ def run(cfg, dist, trainer):
             break
 
     if stopped:
+        if dist.world_size > 1:  # every rank says where it stopped: they must agree
+            print(f"rank {dist.rank}: stopping at iteration {trainer.iter_num}", flush=True)
         say(f"stop requested: saving a checkpoint at iteration {trainer.iter_num} and exiting")
     if saved_at != trainer.iter_num and not cfg.eval_only:
         synchronize(dist.device)
@@ -782,7 +788,23 @@ def run(cfg, dist, trainer):
             f"{cfg.out_dir}/ckpt.pt, {cfg.out_dir}/metrics.jsonl")
 
 
-def main(argv=None):
+def lost_the_others(error, cfg, dist, trainer):
+    """A process of a multi-process run failed (or one died and the others' collectives failed or timed
+    out after dist_timeout seconds): say so in one line after the traceback, and exit at once, since the
+    collectives in flight would block an orderly shutdown."""
+    traceback.print_exc()
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    print(f"error: rank {dist.rank} of {dist.world_size} stopped in iteration {trainer.iter_num + 1}: {reason[:300]}. "
+          f"When one process dies the others fail like this within dist_timeout={cfg.dist_timeout:g} s: look for the "
+          f"first error in all ranks' logs. {os.path.join(cfg.out_dir, 'ckpt.pt')} holds the last completed "
+          f"checkpoint (if any); continue with the same command and --init_from=resume", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
+
+
+def main(argv=None, then=None):
+    """train.py's command line. `then(trainer, dist)`, if given, runs on every process after the run and
+    before the processes disband (scripts/rank_agreement.py checks the ranks' states with it)."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(usage())
@@ -792,9 +814,15 @@ def main(argv=None):
         run(cfg, dist, trainer)
     except DatasetError as e:  # a bad token id in a file whose meta.json vouched for it: found mid-run
         fail(e)
+    except RuntimeError as e:
+        if dist.world_size == 1:
+            raise
+        lost_the_others(e, cfg, dist, trainer)
     finally:
         if out_dir:
             out_dir.release()
+    if then:
+        then(trainer, dist)
     if dist.world_size > 1:
         torch_dist.barrier()  # let rank 0 finish writing before any process group goes away
         del trainer  # DDP holds the process group; free it (the Trainer is in a reference cycle) before

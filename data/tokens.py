@@ -35,9 +35,11 @@ def dataset_error(path: str, problem: str) -> DatasetError:
 
 @contextlib.contextmanager
 def atomic_write(path: str) -> Iterator[BinaryIO]:
-    """Write to path + ".tmp" and rename it to path only once it is complete and on disk, so a crash
-    never leaves a truncated file under the real name (an existing file stays as it was)."""
-    tmp = path + ".tmp"
+    """Write to a temporary file beside path and rename it to path only once it is complete and on disk,
+    so a crash never leaves a truncated file under the real name (an existing file stays as it was). The
+    temporary name is the process's own: processes writing the same file at once (bench.py under
+    torchrun) each rename a whole one."""
+    tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             yield f

@@ -23,7 +23,7 @@ def test_rows_parse_config_overrides():
                                                                                  "hess_total_bs": 240})
 
 
-def run_bench(tmp_path, *args):
+def run_bench(tmp_path, *args, launcher=(sys.executable,)):
     """bench.py on a tiny model and a tiny random dataset, on the CPU; returns the process and the table's lines."""
     folder = tmp_path / "data" / "tiny"
     folder.mkdir(parents=True)
@@ -32,7 +32,7 @@ def run_bench(tmp_path, *args):
         write_tokens(str(folder / f"{split}.bin"), rng.integers(0, 512, 20_000).astype(np.uint16))
     out = tmp_path / "table.md"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "bench.py"), "--n_layer=1", "--n_head=2", "--n_embd=32",
+        [*launcher, os.path.join(REPO_ROOT, "bench.py"), "--n_layer=1", "--n_head=2", "--n_embd=32",
          "--batch_size=2", "--block_size=32", "--rounds=1", "--dataset=tiny", f"--out={out}", "--device=cpu", *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"})
@@ -84,3 +84,15 @@ def test_rows_take_the_paper_configs_then_the_command_line_then_their_own_settin
     assert row_config("small", "signmomentum", {}).rho == paper.rho  # Sophia-G's paper config
     with pytest.raises(ConfigError, match="no paper config"):
         row_config("large", "lion", {})
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch.distributed with gloo is not available")
+def test_bench_under_torchrun_reports_once_for_all_processes(tmp_path):
+    """Two processes (DDP over gloo) measure together; rank 0 alone prints, and its header says so."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result, table = run_bench(tmp_path, "--total_bs=4", "--compile=False", "--optimizers=adamw,sophiag",
+                              launcher=(torchrun, "--standalone", "--nproc_per_node=2"))
+    assert table[0].endswith(f"2 processes (DDP) on cpu, torch {torch.__version__}"), table[0]
+    assert result.stdout.count("processes (DDP)") == 1
+    assert [cells(line)[0] for line in table[4:6]] == ["adamw", "sophiag"]
+
