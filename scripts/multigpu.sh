@@ -2,6 +2,7 @@
 # The multi-GPU checks of results/multigpu/ (README, "Multi-GPU and multi-node"), on one host with 2 GPUs:
 #
 #   bash scripts/multigpu.sh equivalence-1gpu adamw 0   # one GPU (here GPU 0): the reference curve
+#   bash scripts/multigpu.sh equivalence-1gpu adamw 0 15  # the control: micro-batch 15 instead of 30
 #   bash scripts/multigpu.sh equivalence-2gpu adamw     # the same run on 2 GPUs, then the ranks' states compared
 #   bash scripts/multigpu.sh scaling small 1            # bench.py on 1 or 2 GPUs (small: 124M, medium: 355M)
 #   bash scripts/multigpu.sh sigterm                    # SIGTERM to torchrun mid-run, then resume
@@ -61,11 +62,13 @@ two_nodes() {  # two launchers ("nodes" 0 and 1), one GPU each, as the README's 
 step=${1:?"usage: bash scripts/multigpu.sh equivalence-1gpu|equivalence-2gpu|scaling|sigterm|twonode ..."}
 shift
 case $step in
-equivalence-1gpu)  # OPTIMIZER GPU
+equivalence-1gpu)  # OPTIMIZER GPU [MICRO_BATCH]: a micro-batch of 15 (4 micro-steps) is the control: the same
+                   # run as on one GPU with 2 micro-steps, summed in another order (the size of bf16 noise)
     RESULTS=$RESULTS/equivalence; mkdir -p "$RESULTS"
-    CUDA_VISIBLE_DEVICES=$2 python3 train.py "$(config "$1")" $COMMON --out_dir="$RUNS/$1-1gpu" \
-        > "$RESULTS/$1-1gpu.log" 2>&1
-    keep_metrics "$1-1gpu"
+    name=$1-1gpu${3:+-micro$3}
+    CUDA_VISIBLE_DEVICES=$2 python3 train.py "$(config "$1")" $COMMON ${3:+--batch_size=$3} --out_dir="$RUNS/$name" \
+        > "$RESULTS/$name.log" 2>&1
+    keep_metrics "$name"
     ;;
 equivalence-2gpu)  # OPTIMIZER
     RESULTS=$RESULTS/equivalence; mkdir -p "$RESULTS"
