@@ -638,9 +638,9 @@ class StopRequest:
     evaluation), they agree, rank 0 saves one checkpoint, and each process exits 0 (clusters send
     SIGTERM before pre-emption). A second signal ends the process at once.
 
-    Under torchrun, signal the launcher: it forwards the signal once to every worker, SIGKILLs those still
-    running 30 s later, and then exits 1 whatever the workers did (it re-raises the signal as an error),
-    so judge a stopped run by its checkpoint, not by torchrun's exit status."""
+    Under torchrun, signal the launcher: it forwards the signal once to every worker and SIGKILLs those
+    still running 30 s later. Its own exit status varies (0 or 1, seen with torch 2.11 and 2.13), so judge a
+    stopped run by its checkpoint, not by torchrun's exit status."""
 
     def __init__(self):
         self.requested = False

@@ -1,0 +1,179 @@
+"""
+Summarise what scripts/multigpu.sh left in results/multigpu/: the equivalence of 1 and 2 GPUs (against the
+micro-batch control), the ranks' agreement, scaling, the SIGTERM stop and resume, and the two-node run.
+Writes results/multigpu/summary.md and equivalence.png; a step whose files are missing is reported as not run.
+
+    python scripts/multigpu_report.py [results/multigpu]
+"""
+
+import glob
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from metrics import read_metrics  # noqa: E402
+
+OPTIMIZERS = ("adamw", "sophiag")
+
+
+def curves(path):
+    """({iteration: train loss}, {iteration: val loss}) of a metrics.jsonl."""
+    records = read_metrics(path)
+    train = {r["iter"]: r["train/loss"] for r in records if "train/loss" in r}
+    val = {r["iter"]: r["val/loss"] for r in records if "val/loss" in r}
+    return train, val
+
+
+def largest_difference(a, b, iterations=None):
+    """The largest |a - b| over the iterations both have (within `iterations`, if given)."""
+    common = [i for i in a if i in b and (iterations is None or i in iterations)]
+    return max(abs(a[i] - b[i]) for i in common), len(common)
+
+
+def median_tokens_per_s(path, after=30):
+    """tokens/s of a run's log records after iteration `after` (compilation and one-time work excluded)."""
+    values = sorted(r["tokens_per_s"] for r in read_metrics(path) if "tokens_per_s" in r and r["iter"] > after)
+    return values[len(values) // 2]
+
+
+def rank_lines(log):
+    return [line for line in open(log).read().splitlines() if re.match(r"^\w+: (identical|DIFFERENT) on", line)]
+
+
+def equivalence(folder):
+    lines = ["## 1. One GPU against two (GPT-2 small, enwiki, 200 iterations of 60 x 1024 tokens)", "",
+             "| optimizer | 1 vs 2 GPUs: max train-loss difference | max val-loss difference | control (1 GPU, micro-batch "
+             "15 vs 30): train | control: val | final val loss 1 GPU / 2 GPUs | steady tokens/s 1 GPU / 2 GPUs |",
+             "|---|---|---|---|---|---|---|"]
+    plots = {}
+    for opt in OPTIMIZERS:
+        paths = {k: os.path.join(folder, f"{opt}-{k}.metrics.jsonl") for k in ("1gpu", "2gpu", "1gpu-micro15")}
+        if not all(os.path.exists(p) for p in paths.values()):
+            lines.append(f"| {opt} | not run | | | | | |")
+            continue
+        runs = {k: curves(p) for k, p in paths.items()}
+        plots[opt] = runs
+        (one_t, one_v), (two_t, two_v), (ctl_t, ctl_v) = runs["1gpu"], runs["2gpu"], runs["1gpu-micro15"]
+        last = max(one_v)
+        lines.append(f"| {opt} | {largest_difference(one_t, two_t)[0]:.4f} | {largest_difference(one_v, two_v)[0]:.4f} | "
+                     f"{largest_difference(one_t, ctl_t)[0]:.4f} | {largest_difference(one_v, ctl_v)[0]:.4f} | "
+                     f"{one_v[last]:.4f} / {two_v[last]:.4f} | {median_tokens_per_s(paths['1gpu']):,.0f} / "
+                     f"{median_tokens_per_s(paths['2gpu']):,.0f} |")
+    lines += ["", "Each rank's state after the 2-GPU runs (`scripts/rank_agreement.py`):", ""]
+    for opt in OPTIMIZERS:
+        log = os.path.join(folder, f"{opt}-2gpu.log")
+        if os.path.exists(log):
+            lines += [f"- {opt}: " + "; ".join(rank_lines(log))]
+    if plots:
+        plot(plots, os.path.join(os.path.dirname(folder), "equivalence.png"))
+        lines += ["", "![train loss on 1 and 2 GPUs](equivalence.png)"]
+    return lines
+
+
+def plot(runs, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, len(runs), figsize=(6 * len(runs), 7), squeeze=False, sharex=True)
+    labels = {"1gpu": "1 GPU (2 micro-steps of 30)", "2gpu": "2 GPUs (1 micro-step of 30 each)",
+              "1gpu-micro15": "control: 1 GPU, 4 micro-steps of 15"}
+    for col, (opt, curves_of) in enumerate(runs.items()):
+        reference = curves_of["1gpu"][0]
+        for key, (train, _) in curves_of.items():
+            its = sorted(train)
+            axes[0][col].plot(its, [train[i] for i in its], label=labels[key])
+            if key != "1gpu":
+                common = [i for i in its if i in reference]
+                axes[1][col].plot(common, [train[i] - reference[i] for i in common], label=labels[key])
+        axes[0][col].set_title(f"{opt}: train loss (mean over 10 iterations)")
+        axes[1][col].set_title(f"{opt}: difference from 1 GPU")
+        axes[1][col].axhline(0, color="gray", lw=0.5)
+        axes[1][col].set_xlabel("iteration")
+        axes[0][col].legend()
+        axes[1][col].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def scaling(folder):
+    lines = ["## 2. Scaling (bench.py on 1 and 2 GPUs)", "",
+             "| model | tokens per iteration | optimizer | 1 GPU tokens/s | 2 GPUs tokens/s | efficiency |", "|---|---|---|---|---|---|"]
+    for size in ("small", "medium"):
+        tables = {n: os.path.join(folder, f"{size}-{n}gpu.md") for n in (1, 2)}
+        if not all(os.path.exists(p) for p in tables.values()):
+            lines.append(f"| {size} | not run | | | | |")
+            continue
+        rows = {n: bench_rows(p) for n, p in tables.items()}
+        tokens = re.search(r"(\d+ x \d+) tokens per iteration", open(tables[1]).read()).group(1)
+        for opt in OPTIMIZERS:
+            one, two = rows[1].get(opt), rows[2].get(opt)
+            if one and two:
+                lines.append(f"| {size} | {tokens} | {opt} | {one:,.0f} | {two:,.0f} | {100 * two / (2 * one):.1f}% |")
+    return lines
+
+
+def bench_rows(path):
+    """{optimizer: tokens/s} of a bench.py table."""
+    rows, header = {}, None
+    for line in open(path):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if "tokens/s" in cells:
+            header = cells
+        elif header and len(cells) == len(header) and not set(cells[0]) <= {"-"}:
+            rows[cells[0]] = float(cells[header.index("tokens/s")].replace(",", ""))
+    return rows
+
+
+def sigterm(folder, equivalence_folder):
+    lines = ["## 4a. SIGTERM to torchrun mid-run, then resume (Sophia-G, 2 GPUs)", ""]
+    events = os.path.join(folder, "events.txt")
+    if not os.path.exists(events):
+        return lines + ["not run"]
+    stopped = open(os.path.join(folder, "stopped.log")).read()
+    stops = re.findall(r"rank (\d+): stopping at iteration (\d+)", stopped)
+    lines += ["- each rank's stop: " + ", ".join(f"rank {r} at iteration {i}" for r, i in sorted(stops)),
+              "- " + "; ".join(re.findall(r"^saved \S+ at iteration \d+", stopped, re.M)[-1:]) + " (the stop's checkpoint)",
+              "- events: " + "; ".join(line.split(" ", 1)[1] for line in open(events).read().splitlines())]
+    uninterrupted = os.path.join(equivalence_folder, "sophiag-2gpu.metrics.jsonl")
+    if os.path.exists(uninterrupted):
+        (a_t, a_v), (b_t, b_v) = curves(uninterrupted), curves(os.path.join(folder, "stopped-resumed.metrics.jsonl"))
+        stop = int(stops[0][1]) if stops else 100
+        before, after = range(stop), range(stop, 10**9)
+        lines.append(f"- against the uninterrupted 2-GPU run (same command, equivalence step): largest train-loss "
+                     f"difference {largest_difference(a_t, b_t, before)[0]:.4f} before the stop, "
+                     f"{largest_difference(a_t, b_t, after)[0]:.4f} after the resume; val loss "
+                     f"{largest_difference(a_v, b_v, before)[0]:.4f} / {largest_difference(a_v, b_v, after)[0]:.4f}")
+    resumed = open(os.path.join(folder, "resumed.log")).read()
+    lines += ["- after the resume: " + "; ".join(rank_lines(os.path.join(folder, "resumed.log")))]
+    lines += [f"- resumed run: {m}" for m in re.findall(r"^resuming .*$", resumed, re.M)]
+    return lines
+
+
+def twonode(folder):
+    lines = ["## 3 and 4b. Two nodes on one host; SIGKILL of one node's process", ""]
+    events = os.path.join(folder, "events.txt")
+    if not os.path.exists(events):
+        return lines + ["not run"]
+    lines += [f"- {line}" for line in open(events).read().splitlines()]
+    for log in sorted(glob.glob(os.path.join(folder, "*.log"))):
+        text = open(log).read()
+        saved = re.findall(r"^saved \S+ at iteration \d+", text, re.M)
+        errors = [line[:300] for line in text.splitlines() if line.startswith("error: rank")]
+        lines.append(f"- {os.path.basename(log)}: {'; '.join(saved + errors) or 'no checkpoint written, no error line'}")
+    return lines
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else "results/multigpu"
+    sections = [equivalence(os.path.join(root, "equivalence")), scaling(os.path.join(root, "scaling")),
+                twonode(os.path.join(root, "twonode")),
+                sigterm(os.path.join(root, "sigterm"), os.path.join(root, "equivalence"))]
+    text = "# Multi-GPU checks (`python scripts/multigpu_report.py`)\n\n" + "\n\n".join("\n".join(s) for s in sections) + "\n"
+    with open(os.path.join(root, "summary.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
