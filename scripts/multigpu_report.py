@@ -164,8 +164,9 @@ def twonode(folder):
     return lines
 
 
-def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else "results/multigpu"
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    root = argv[0] if argv else "results/multigpu"
     sections = [equivalence(os.path.join(root, "equivalence")), scaling(os.path.join(root, "scaling")),
                 twonode(os.path.join(root, "twonode")),
                 sigterm(os.path.join(root, "sigterm"), os.path.join(root, "equivalence"))]

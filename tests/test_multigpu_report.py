@@ -1,0 +1,61 @@
+"""scripts/multigpu_report.py: its arithmetic on made-up runs, and the committed results/multigpu/ summary and
+README figures are what it computes from the committed logs and metrics."""
+
+import json
+import os
+import shutil
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+import multigpu_report  # noqa: E402
+
+COMMITTED = os.path.join(REPO_ROOT, "results", "multigpu")
+
+
+def write_run(path, train, val, tokens_per_s=1000.0):
+    with open(path, "w") as f:
+        f.write(json.dumps({"config": {}}) + "\n")
+        for it, loss in train.items():
+            f.write(json.dumps({"iter": it, "train/loss": loss, "tokens_per_s": tokens_per_s}) + "\n")
+        for it, loss in val.items():
+            f.write(json.dumps({"iter": it, "val/loss": loss}) + "\n")
+
+
+def test_differences_efficiency_and_missing_steps(tmp_path):
+    eq = tmp_path / "equivalence"
+    eq.mkdir()
+    train = {10 * i: 10.0 - i for i in range(1, 11)}
+    val = {0: 11.0, 50: 6.0, 100: 5.0}
+    for opt in multigpu_report.OPTIMIZERS:
+        write_run(eq / f"{opt}-1gpu.metrics.jsonl", train, val, tokens_per_s=500.0)
+        write_run(eq / f"{opt}-2gpu.metrics.jsonl", {**train, 70: train[70] + 0.25}, {**val, 50: 5.875},
+                  tokens_per_s=950.0)
+        write_run(eq / f"{opt}-1gpu-micro15.metrics.jsonl", {**train, 20: train[20] - 0.5}, val)
+    scaling = tmp_path / "scaling"
+    scaling.mkdir()
+    for n, (adamw, sophiag) in {1: ("100,000", "90,000"), 2: ("196,000", "171,000")}.items():
+        (scaling / f"small-{n}gpu.md").write_text(
+            "gpt2-small (12 layers, 768 wide), 480 x 1024 tokens per iteration\n\n"
+            "| optimizer | micro-batch | ms/iter | tokens/s |\n|---|---|---|---|\n"
+            f"| adamw | 30 | 1.0 | {adamw} |\n| sophiag | 30 | 1.0 | {sophiag} |\n")
+    multigpu_report.main([str(tmp_path)])
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| adamw | 0.2500 | 0.1250 | 0.5000 | 0.0000 | 5.0000 / 5.0000 | 500 / 950 |" in summary
+    assert "| small | 480 x 1024 | adamw | 100,000 | 196,000 | 98.0% |" in summary
+    assert "| small | 480 x 1024 | sophiag | 90,000 | 171,000 | 95.0% |" in summary
+    assert "| medium | not run |" in summary
+    assert summary.count("not run") == 3  # medium, two nodes, SIGTERM
+    assert (tmp_path / "equivalence.png").stat().st_size > 0
+
+
+def test_the_committed_summary_is_what_the_committed_results_give(tmp_path):
+    copy = tmp_path / "multigpu"
+    shutil.copytree(COMMITTED, copy)
+    multigpu_report.main([str(copy)])
+    assert (copy / "summary.md").read_text() == open(os.path.join(COMMITTED, "summary.md")).read()
+    readme = open(os.path.join(REPO_ROOT, "README.md")).read()
+    summary = (copy / "summary.md").read_text()
+    for figure in ("0.0096", "0.0033", "0.0082", "0.0024", "6.3830 / 6.3775", "6.9045 / 6.9021", "98.2%", "96.3%",
+                   "511,805", "949,762", "465,221", "865,207"):
+        assert figure in summary and figure in readme, figure
