@@ -22,6 +22,7 @@ module and shared by the tests that only read them.
 
 import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -498,14 +499,14 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
         with open(tmp_path / "writer.out", "w") as out:
             proc = subprocess.Popen([sys.executable, str(script), path], stdout=out, env=subprocess_env())
         try:
-            wait_for(lambda: os.path.exists(path) and os.path.exists(path + ".tmp"), 60,
+            wait_for(lambda: os.path.exists(path) and glob.glob(path + ".tmp*"), 60,
                      "a checkpoint write in progress", proc)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         finally:
             proc.kill()
             proc.wait()
-        if os.path.exists(path + ".tmp"):
+        if glob.glob(path + ".tmp*"):
             break
         os.remove(path)
     else:
