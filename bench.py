@@ -245,7 +245,7 @@ def markdown(rows):
 
 
 def processes(dist):
-    """'2 processes (DDP, nccl) on ' under torchrun, else ''."""
+    """'2 processes (DDP) on ' under torchrun, else ''."""
     return f"{dist.world_size} processes (DDP) on " if dist.world_size > 1 else ""
 
 

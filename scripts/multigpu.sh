@@ -63,7 +63,8 @@ step=${1:?"usage: bash scripts/multigpu.sh equivalence-1gpu|equivalence-2gpu|sca
 shift
 case $step in
 equivalence-1gpu)  # OPTIMIZER GPU [MICRO_BATCH]: a micro-batch of 15 (4 micro-steps) is the control: the same
-                   # run as on one GPU with 2 micro-steps, summed in another order (the size of bf16 noise)
+                   # run as on one GPU with 2 micro-steps, summed in another order (the size of bf16 noise);
+                   # for Sophia-G also other refresh labels (they are seeded per micro-batch)
     RESULTS=$RESULTS/equivalence; mkdir -p "$RESULTS"
     name=$1-1gpu${3:+-micro$3}
     CUDA_VISIBLE_DEVICES=$2 python3 train.py "$(config "$1")" $COMMON ${3:+--batch_size=$3} --out_dir="$RUNS/$name" \

@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -597,7 +598,6 @@ RANK_AGREEMENT_PY = os.path.join(REPO_ROOT, "scripts", "rank_agreement.py")
 # scripts/rank_agreement.py's check after rank 1's Hessian EMA was nudged in one coordinate: it must tell
 DRIFTED_RANK = """
 import sys
-import torch
 import train
 from rank_agreement import compare_ranks
 
@@ -736,7 +736,6 @@ train.main(sys.argv[1:])
 
 
 def free_port():
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -744,8 +743,9 @@ def free_port():
 
 @pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
 def test_two_nodes_a_killed_rank_stops_the_other_with_a_clear_error(data_root, tmp_path):
-    """The README's multi-node command, as two torchrun launchers on one host (one process each), with
-    rank 1 SIGKILLed after iteration 6: the other node's launcher cannot know, so its worker must find out
+    """The README's multi-node command (no --node_rank: the c10d rendezvous numbers the nodes), as two
+    torchrun launchers on one host (one process each), with rank 1 SIGKILLed after iteration 6: the other
+    node's launcher cannot know, so its worker must find out
     at a collective and exit with a one-line summary within dist_timeout, leaving the checkpoint of
     iteration 4 whole."""
     script = tmp_path / "dying_rank.py"
@@ -754,10 +754,9 @@ def test_two_nodes_a_killed_rank_stops_the_other_with_a_clear_error(data_root, t
     run = args(**{**DDP_RUN, "max_iters": 20, "eval_interval": 4, "checkpoint_interval": 4, "dist_timeout": 30,
                   "out_dir": out})
     port = free_port()
-    launchers = [subprocess.Popen([TORCHRUN, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",
-                                   "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=killed",
+    launchers = [subprocess.Popen([TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=killed",
                                    str(script), *run], cwd=data_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=subprocess_env()) for node in (0, 1)]
+                                  text=True, env=subprocess_env()) for _ in range(2)]
     started = time.monotonic()
     try:
         outputs = [launcher.communicate(timeout=120) for launcher in launchers]
@@ -766,9 +765,11 @@ def test_two_nodes_a_killed_rank_stops_the_other_with_a_clear_error(data_root, t
             launcher.kill()
     assert time.monotonic() - started < 90  # nobody waited out a default timeout
     assert all(launcher.returncode != 0 for launcher in launchers)
-    assert "SIGKILL" in outputs[1][1]
-    summary = [line for line in outputs[0][1].splitlines() if line.startswith("error: rank 0 of 2 stopped")]
-    assert summary and "iteration 7" in summary[0] and "--init_from=resume" in summary[0], outputs[0][1][-3000:]
+    # the rendezvous decides which launcher's process is rank 1 (the one that dies)
+    killed, survivor = sorted((stderr for _, stderr in outputs), key=lambda stderr: "SIGKILL" not in stderr)
+    assert "SIGKILL" in killed and "SIGKILL" not in survivor
+    summary = [line for line in survivor.splitlines() if line.startswith("error: rank 0 of 2 stopped")]
+    assert summary and "iteration 7" in summary[0] and "--init_from=resume" in summary[0], survivor[-3000:]
     ckpt = load_checkpoint(str(out / "ckpt.pt"))
     assert ckpt["iter_num"] == 4
 
