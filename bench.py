@@ -119,6 +119,9 @@ def measure_training(args, cfg, dist, spec):
     k = cfg.hess_interval
     for _ in range(k):  # compiles the training step and, at iteration k, the refresh
         trainer.train_iteration()
+    if dist.world_size > 1:  # ranks finish compiling at different times: start timing once all have (or a
+        synchronize(dist.device)  # quicker rank's first timed collective would wait for the slowest)
+        torch_dist.barrier(group=dist.control_group)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     n = k * args.rounds  # whole refresh periods, so the refresh's share is exact

@@ -4,7 +4,8 @@
 #   bash scripts/multigpu.sh equivalence-1gpu adamw 0   # one GPU (here GPU 0): the reference curve
 #   bash scripts/multigpu.sh equivalence-1gpu adamw 0 15  # the control: micro-batch 15 instead of 30
 #   bash scripts/multigpu.sh equivalence-2gpu adamw     # the same run on 2 GPUs, then the ranks' states compared
-#   bash scripts/multigpu.sh scaling small 1            # bench.py on 1 or 2 GPUs (small: 124M, medium: 355M)
+#   bash scripts/multigpu.sh scaling small 1            # bench.py on 1 or 2 GPUs (small: 124M, medium: 355M);
+#                                                       # its rows: $OPTIMIZERS (default adamw,sophiag)
 #   bash scripts/multigpu.sh sigterm                    # SIGTERM to torchrun mid-run, then resume
 #   bash scripts/multigpu.sh twonode                    # two torchrun launchers (two "nodes", one GPU each):
 #                                                       # train, checkpoint, resume, then SIGKILL one node's rank
@@ -84,7 +85,7 @@ scaling)  # SIZE GPUS: bench.py, AdamW and Sophia-G; small at the paper's 480 x 
     batch="--total_bs=480"; [ "$1" = medium ] && batch="--total_bs=96 --batch_size=16"
     launch="python3"; [ "$2" = 2 ] && launch="$TORCHRUN --standalone --nproc_per_node=2"
     devices=0; [ "$2" = 2 ] && devices=0,1
-    CUDA_VISIBLE_DEVICES=$devices $launch bench.py --size="$1" $batch --rounds=1 --optimizers=adamw,sophiag \
+    CUDA_VISIBLE_DEVICES=$devices $launch bench.py --size="$1" $batch --rounds=1 --optimizers="${OPTIMIZERS:-adamw,sophiag}" \
         --out="$RESULTS/$1-$2gpu.md" $SHRINK > "$RESULTS/$1-$2gpu.log" 2>&1
     ;;
 sigterm)  # Sophia-G on 2 GPUs; SIGTERM to the launcher once iteration 100 is logged; then resume to 200

@@ -1,6 +1,7 @@
 """
 Summarise what scripts/multigpu.sh left in results/multigpu/: the equivalence of 1 and 2 GPUs (against the
-micro-batch control), the ranks' agreement, scaling, the SIGTERM stop and resume, and the two-node run.
+micro-batch control), the ranks' agreement, scaling, the iteration after the first refresh (compile_wait/:
+scripts/iteration_times.py and a train.py run), the two-node run, and the SIGTERM stop and resume.
 Writes results/multigpu/summary.md and equivalence.png; a step whose files are missing is reported as not run.
 
     python scripts/multigpu_report.py [results/multigpu]
@@ -99,22 +100,27 @@ def plot(runs, path):
 def scaling(folder):
     lines = ["## 2. Scaling (bench.py on 1 and 2 GPUs)", "",
              "| model | tokens per iteration | optimizer | 1 GPU tokens/s | 2 GPUs tokens/s | efficiency |", "|---|---|---|---|---|---|"]
+    sources = []
     for size in ("small", "medium"):
-        tables = {n: os.path.join(folder, f"{size}-{n}gpu.md") for n in (1, 2)}
-        if not all(os.path.exists(p) for p in tables.values()):
+        logs = {n: sorted(glob.glob(os.path.join(folder, f"{size}-{n}gpu*.log"))) for n in (1, 2)}
+        if not all(logs.values()):
             lines.append(f"| {size} | not run | | | | |")
             continue
-        rows = {n: bench_rows(p) for n, p in tables.items()}
-        tokens = re.search(r"(\d+ x \d+) tokens per iteration", open(tables[1]).read()).group(1)
+        sources += [os.path.basename(log) for n in (1, 2) for log in logs[n]]
+        rows = {n: {opt: tps for log in paths for opt, tps in bench_rows(log).items()} for n, paths in logs.items()}
+        tokens = re.search(r"(\d+ x \d+) tokens per iteration", open(logs[1][0]).read()).group(1)
         for opt in OPTIMIZERS:
             one, two = rows[1].get(opt), rows[2].get(opt)
             if one and two:
                 lines.append(f"| {size} | {tokens} | {opt} | {one:,.0f} | {two:,.0f} | {100 * two / (2 * one):.1f}% |")
+    if sources:
+        lines += ["", "From " + ", ".join(sources) + "."]
     return lines
 
 
 def bench_rows(path):
-    """{optimizer: tokens/s} of a bench.py table."""
+    """{optimizer: tokens/s} of the bench.py tables in a file: its --out, or its log (rank 0 prints each row's
+    table as the row finishes, so a log keeps the rows of a run that did not finish)."""
     rows, header = {}, None
     for line in open(path):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -123,6 +129,39 @@ def bench_rows(path):
         elif header and len(cells) == len(header) and not set(cells[0]) <= {"-"}:
             rows[cells[0]] = float(cells[header.index("tokens/s")].replace(",", ""))
     return rows
+
+
+def iteration_times(log):
+    """{(rank, what, iteration): ms} of a scripts/iteration_times.py log (what: total, refresh,
+    update_hessian; two ranks' lines may share a line of the file)."""
+    found = re.findall(r"rank (\d+) iter (\d+) (total|refresh|update_hessian) ([\d.]+) ms", open(log).read())
+    return {(int(rank), what, int(it)): float(ms) for rank, it, what, ms in found}
+
+
+def compile_wait(folder, equivalence_folder):
+    lines = ["## 2b. The iteration after the first refresh (Sophia-G, scripts/iteration_times.py, GPT-2 small, "
+             "480 x 1024 tokens)", ""]
+    probes = {n: os.path.join(folder, f"probe-{n}gpu.log") for n in (1, 2)}
+    if not all(os.path.exists(p) for p in probes.values()):
+        return lines + ["not run"]
+    for n, probe in probes.items():
+        times = iteration_times(probe)
+        for rank in range(n):
+            totals = {it: ms for (r, what, it), ms in times.items() if r == rank and what == "total"}
+            done = min(it for (r, what, it) in times if r == rank and what == "refresh")  # iterations before it
+            median = sorted(totals.values())[len(totals) // 2]
+            lines.append(f"- {n} GPU{'s' if n > 1 else ''}, rank {rank}: the first refresh {times[(rank, 'refresh', done)]:,.0f} ms (its "
+                         f"Hessian update, compiled then, {times[(rank, 'update_hessian', done)]:,.0f} ms); the "
+                         f"iteration after it {totals[done]:,.0f} ms, {totals[done] - median:+,.0f} ms against the "
+                         f"median iteration ({median:,.0f} ms)")
+    fixed = os.path.join(folder, "sophiag-2gpu.metrics.jsonl")
+    before = os.path.join(equivalence_folder, "sophiag-2gpu.metrics.jsonl")
+    if os.path.exists(fixed) and os.path.exists(before):
+        ms = {path: {r["iter"]: r["ms_per_iter"] for r in read_metrics(path) if "ms_per_iter" in r} for path in (fixed, before)}
+        lines.append(f"- train.py on 2 GPUs (equivalence-2gpu sophiag, 60 x 1024 tokens), logged ms/iter of iterations "
+                     f"11-20: {ms[before][20]:.1f} when each rank left out only its own compilation, "
+                     f"{ms[fixed][20]:.1f} leaving out the longest of any rank (then {ms[fixed][30]:.1f} at 21-30)")
+    return lines
 
 
 def sigterm(folder, equivalence_folder):
@@ -150,17 +189,29 @@ def sigterm(folder, equivalence_folder):
     return lines
 
 
-def twonode(folder):
+def twonode(folder, equivalence_folder):
     lines = ["## 3 and 4b. Two nodes on one host; SIGKILL of one node's process", ""]
     events = os.path.join(folder, "events.txt")
     if not os.path.exists(events):
         return lines + ["not run"]
-    lines += [f"- {line}" for line in open(events).read().splitlines()]
+    timed = [line.split(" ", 1) for line in open(events).read().splitlines() if re.match(r"^\d+\.\d+ ", line)]
+    kill = next((float(t) for t, text in timed if text.startswith("SIGKILL")), None)
+    for line in open(events).read().splitlines():
+        t, _, text = line.partition(" ")
+        if re.match(r"^\d+\.\d+$", t):
+            line = text if kill is None or float(t) <= kill else f"{text} ({float(t) - kill:.1f} s after the SIGKILL)"
+        lines.append(f"- {line}")
     for log in sorted(glob.glob(os.path.join(folder, "*.log"))):
         text = open(log).read()
-        saved = re.findall(r"^saved \S+ at iteration \d+", text, re.M)
+        saved = re.findall(r"^(?:saved \S+|resuming \S+) at iteration \d+", text, re.M)
         errors = [line[:300] for line in text.splitlines() if line.startswith("error: rank")]
         lines.append(f"- {os.path.basename(log)}: {'; '.join(saved + errors) or 'no checkpoint written, no error line'}")
+    standalone = os.path.join(equivalence_folder, "sophiag-2gpu.metrics.jsonl")
+    if os.path.exists(standalone):
+        (a_t, a_v), (b_t, _) = curves(standalone), curves(os.path.join(folder, "twonode.metrics.jsonl"))
+        difference, n = largest_difference(a_t, b_t)
+        lines.append(f"- against the same run by one launcher (`--standalone`, equivalence step): largest train-loss "
+                     f"difference {difference:.4f} over the {n} logged iterations up to {max(b_t)}")
     return lines
 
 
@@ -168,7 +219,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     root = argv[0] if argv else "results/multigpu"
     sections = [equivalence(os.path.join(root, "equivalence")), scaling(os.path.join(root, "scaling")),
-                twonode(os.path.join(root, "twonode")),
+                compile_wait(os.path.join(root, "compile_wait"), os.path.join(root, "equivalence")),
+                twonode(os.path.join(root, "twonode"), os.path.join(root, "equivalence")),
                 sigterm(os.path.join(root, "sigterm"), os.path.join(root, "equivalence"))]
     text = "# Multi-GPU checks (`python scripts/multigpu_report.py`)\n\n" + "\n\n".join("\n".join(s) for s in sections) + "\n"
     with open(os.path.join(root, "summary.md"), "w") as f:

@@ -1027,6 +1027,45 @@ def test_logged_time_excludes_compilation(data_root, tmp_path, monkeypatch):
     assert wall > 20 * median / 1000 and wall - logged > 1.0, measured  # seconds of compilation left out
 
 
+# rank 1 "compiles" for a second (train.compile_seconds faked) before a lap; then a collective, where a quicker
+# rank would wait for it, and a second lap. Each rank writes its two laps to laps<rank>.txt.
+SLOW_COMPILING_RANK = """
+import time
+import torch.distributed as dist
+import train
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+compiled = 0.0
+train.compile_seconds = lambda: compiled
+clock = train.Stopwatch(dist.get_world_size())
+if rank == 1:
+    time.sleep(1.0)
+    compiled += 1.0
+first = clock.lap()
+dist.barrier()
+second = clock.lap()
+with open(f"laps{rank}.txt", "w") as f:
+    f.write(f"{first} {second}")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
+def test_logged_time_excludes_another_ranks_compilation(tmp_path):
+    """With several processes, a rank that compiled for less time than another waits for it at the next
+    collective: the logged time leaves out that wait too (the longest compilation of any rank), whichever
+    side of a log line the wait would fall on. Without it, rank 0's second lap would hold rank 1's second
+    of compilation (seen on 2 GPUs in the iteration after the first refresh)."""
+    script = tmp_path / "slow_compiling_rank.py"
+    script.write_text(SLOW_COMPILING_RANK)
+    files = [tmp_path / f"laps{rank}.txt" for rank in range(2)]
+    torchrun([str(script)], cwd=tmp_path, completed=lambda result: all(f.exists() for f in files),
+             env={"PYTHONPATH": REPO_ROOT})
+    laps = [float(lap) for f in files for lap in f.read_text().split()]
+    assert len(laps) == 4 and all(abs(lap) < 0.5 for lap in laps), laps
+
+
 def test_non_finite_loss_stops_without_saving(straight_run, data_root, tmp_path, capsys):
     """Resume a good checkpoint with a learning rate of 1e30: the first step's loss is still finite (it is
     computed before the update), the next one is not, and the run stops with one error line, leaving the

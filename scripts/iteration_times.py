@@ -1,0 +1,66 @@
+"""
+Each training iteration's wall-clock time, with the Hessian refresh and its update of the EMA timed on
+their own, and how many graphs torch.compile has compiled so far: where a one-time cost falls, on each rank.
+Sophia-G's paper config at GPT-2 small on bench.py's synthetic data; --key=value config keys override it.
+Lines: "rank R iter I total MS graphs G" for iteration I (from 0); "rank R iter N refresh MS graphs G" (and
+update_hessian) for the refresh at the end of iteration N - 1 (N iterations done).
+
+    python scripts/iteration_times.py 35
+    torchrun --standalone --nproc_per_node=2 scripts/iteration_times.py 35
+
+(results/multigpu/compile_wait/: on 2 GPUs the iteration after the first refresh took 1.3 s longer on rank 0,
+as long as rank 1's compilation of the Hessian update outlasted rank 0's.) Lines go to stderr, flushed.
+"""
+
+import functools
+import os
+import sys
+import time
+
+from torch._dynamo.utils import counters
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import make_synthetic_dataset, parse_settings, row_config  # noqa: E402
+from train import Trainer, init_distributed, synchronize  # noqa: E402
+
+
+def report(trainer, iteration, what, seconds):
+    print(f"rank {trainer.dist.rank} iter {iteration} {what} {1000 * seconds:.1f} ms "
+          f"graphs {counters['stats']['unique_graphs']}", file=sys.stderr, flush=True)
+
+
+def timed_call(trainer, fn):
+    synchronize(trainer.dist.device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(trainer.dist.device)
+    return out, time.perf_counter() - start
+
+
+def time_each_call(trainer, owner, name):
+    """Replace owner.<name> by a copy that reports each call's time."""
+    fn = getattr(owner, name)
+
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        out, seconds = timed_call(trainer, lambda: fn(*args, **kwargs))
+        report(trainer, trainer.iter_num, name, seconds)
+        return out
+
+    setattr(owner, name, timed)
+
+
+def main(argv):
+    iterations = int(argv[0]) if argv else 35
+    overrides = parse_settings([arg.removeprefix("--") for arg in argv[1:]])
+    cfg, dist = init_distributed(row_config("small", "sophiag", {"dataset": make_synthetic_dataset(), **overrides}))
+    trainer = Trainer(cfg, dist)
+    time_each_call(trainer, trainer, "refresh")
+    time_each_call(trainer, trainer.optimizer, "update_hessian")
+    for i in range(iterations):
+        _, seconds = timed_call(trainer, trainer.train_iteration)
+        report(trainer, i, "total", seconds)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
