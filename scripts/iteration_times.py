@@ -15,13 +15,12 @@ as long as rank 1's compilation of the Hessian update outlasted rank 0's.) Lines
 import functools
 import os
 import sys
-import time
 
 from torch._dynamo.utils import counters
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import make_synthetic_dataset, parse_settings, row_config  # noqa: E402
-from train import Trainer, init_distributed, synchronize  # noqa: E402
+from bench import make_synthetic_dataset, parse_settings, row_config, timed  # noqa: E402
+from train import Trainer, init_distributed  # noqa: E402
 
 
 def report(trainer, iteration, what, seconds):
@@ -29,25 +28,18 @@ def report(trainer, iteration, what, seconds):
           f"graphs {counters['stats']['unique_graphs']}", file=sys.stderr, flush=True)
 
 
-def timed_call(trainer, fn):
-    synchronize(trainer.dist.device)
-    start = time.perf_counter()
-    out = fn()
-    synchronize(trainer.dist.device)
-    return out, time.perf_counter() - start
-
-
 def time_each_call(trainer, owner, name):
     """Replace owner.<name> by a copy that reports each call's time."""
     fn = getattr(owner, name)
 
     @functools.wraps(fn)
-    def timed(*args, **kwargs):
-        out, seconds = timed_call(trainer, lambda: fn(*args, **kwargs))
+    def timed_fn(*args, **kwargs):
+        out = []
+        seconds = timed(lambda: out.append(fn(*args, **kwargs)), trainer.dist.device)
         report(trainer, trainer.iter_num, name, seconds)
-        return out
+        return out[0]
 
-    setattr(owner, name, timed)
+    setattr(owner, name, timed_fn)
 
 
 def main(argv):
@@ -58,8 +50,7 @@ def main(argv):
     time_each_call(trainer, trainer, "refresh")
     time_each_call(trainer, trainer.optimizer, "update_hessian")
     for i in range(iterations):
-        _, seconds = timed_call(trainer, trainer.train_iteration)
-        report(trainer, i, "total", seconds)
+        report(trainer, i, "total", timed(trainer.train_iteration, dist.device))
 
 
 if __name__ == "__main__":

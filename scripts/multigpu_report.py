@@ -164,6 +164,16 @@ def compile_wait(folder, equivalence_folder):
     return lines
 
 
+def read_events(path):
+    """[(seconds or None, text)] of an events.txt: multigpu.sh stamps its own lines with the time; lines
+    that a command printed into it have none."""
+    events = []
+    for line in open(path).read().splitlines():
+        stamp, _, text = line.partition(" ")
+        events.append((float(stamp), text) if re.match(r"^\d+\.\d+$", stamp) else (None, line))
+    return events
+
+
 def sigterm(folder, equivalence_folder):
     lines = ["## 4a. SIGTERM to torchrun mid-run, then resume (Sophia-G, 2 GPUs)", ""]
     events = os.path.join(folder, "events.txt")
@@ -173,7 +183,7 @@ def sigterm(folder, equivalence_folder):
     stops = re.findall(r"rank (\d+): stopping at iteration (\d+)", stopped)
     lines += ["- each rank's stop: " + ", ".join(f"rank {r} at iteration {i}" for r, i in sorted(stops)),
               "- " + "; ".join(re.findall(r"^saved \S+ at iteration \d+", stopped, re.M)[-1:]) + " (the stop's checkpoint)",
-              "- events: " + "; ".join(line.split(" ", 1)[1] for line in open(events).read().splitlines())]
+              "- events: " + "; ".join(text for _, text in read_events(events))]
     uninterrupted = os.path.join(equivalence_folder, "sophiag-2gpu.metrics.jsonl")
     if os.path.exists(uninterrupted):
         (a_t, a_v), (b_t, b_v) = curves(uninterrupted), curves(os.path.join(folder, "stopped-resumed.metrics.jsonl"))
@@ -194,13 +204,11 @@ def twonode(folder, equivalence_folder):
     events = os.path.join(folder, "events.txt")
     if not os.path.exists(events):
         return lines + ["not run"]
-    timed = [line.split(" ", 1) for line in open(events).read().splitlines() if re.match(r"^\d+\.\d+ ", line)]
-    kill = next((float(t) for t, text in timed if text.startswith("SIGKILL")), None)
-    for line in open(events).read().splitlines():
-        t, _, text = line.partition(" ")
-        if re.match(r"^\d+\.\d+$", t):
-            line = text if kill is None or float(t) <= kill else f"{text} ({float(t) - kill:.1f} s after the SIGKILL)"
-        lines.append(f"- {line}")
+    events = read_events(events)
+    kill = next((t for t, text in events if t is not None and text.startswith("SIGKILL")), None)
+    for t, text in events:
+        after_kill = kill is not None and t is not None and t > kill
+        lines.append(f"- {text} ({t - kill:.1f} s after the SIGKILL)" if after_kill else f"- {text}")
     for log in sorted(glob.glob(os.path.join(folder, "*.log"))):
         text = open(log).read()
         saved = re.findall(r"^(?:saved \S+|resuming \S+) at iteration \d+", text, re.M)
