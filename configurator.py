@@ -34,6 +34,10 @@ class Config:
     eval_interval: int = 1000  # evaluate (and checkpoint) every this many iterations
     log_interval: int = 10  # print and log a training record every this many iterations
     eval_iters: int = 200  # batches per split in an evaluation
+    # how the val split is scored: 'sample' = eval_iters random batches (nanoGPT); 'full' = every complete
+    # block_size window of the split, in order: the same tokens and the same number for every run, seed and
+    # number of processes (the train split is still sampled)
+    val_eval: str = "sample"
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # else save at an evaluation only when val loss improved
     checkpoint_interval: int = 0  # save at evaluations only every this many iterations; 0 = at each one
@@ -113,6 +117,7 @@ class Config:
 CHOICES = {
     "optimizer_name": OPTIMIZER_NAMES,
     "init_from": ("scratch", "resume"),
+    "val_eval": ("sample", "full"),
     "dtype": ("bfloat16", "float16", "float32"),
     "gnb_batch": ("fresh", "train"),
     "grad_accumulation": ("mean", "sum"),

@@ -203,7 +203,8 @@ class Batches:
     another (a permutation seeded by (seed, epoch)), so no window repeats before the whole file has been
     seen; `position` counts the windows used, and is all a checkpoint needs to continue exactly. Each
     global batch is the next `global_seqs` windows and each rank takes its slice, so the data does not
-    depend on the number of processes. Evaluation uses random windows from a generator it passes in.
+    depend on the number of processes. Evaluation uses random windows (from a generator it passes in), or
+    all of them in order.
     """
 
     def __init__(self, data_dir, split, cfg, dist, vocab_size):
@@ -235,6 +236,10 @@ class Batches:
             starts += (self.epoch_order(epoch)[i:i + take] * self.block_size).tolist()
             self.position += take
         return starts
+
+    def all_window_starts(self):
+        """Start offsets of every disjoint window of the file, in order."""
+        return list(range(0, self.n_windows * self.block_size, self.block_size))
 
     def random_starts(self, n, generator):
         return torch.randint(self.n_tokens - self.block_size, (n,), generator=generator).tolist()
@@ -500,31 +505,64 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, stopping=lambda: False):
-        """Mean loss over eval_iters batches of each split. The batches are the same at every evaluation
-        (a generator seeded alike each time) and are shared out among ranks; the mean is all-reduced.
-        `stopping()` is asked before each round of batches (one per rank, so every rank asks as often);
-        once it says yes, the evaluation is abandoned and None returned: a stop never waits for it."""
-        model = self.compiled
-        model.eval()
-        losses = {}
-        rank, world_size, eval_iters = self.dist.rank, self.dist.world_size, self.cfg.eval_iters
+        """Mean loss of each split: over eval_iters random batches (the same at every evaluation: a generator
+        seeded alike each time), or for the val split with val_eval='full' over all of it (full_split_loss).
+        Batches are shared out among ranks. `stopping()` is asked before each round of batches (one per rank,
+        so every rank asks as often); once it says yes, the evaluation is abandoned and None returned: a stop
+        never waits for it."""
+        self.compiled.eval()
         try:
+            losses = {}
             for split, data in (("train", self.train_data), ("val", self.val_data)):
-                starts = data.random_starts(eval_iters * self.cfg.batch_size, generator(self.cfg.seed + 1))
-                total = torch.zeros((), device=self.dist.device)
-                for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
-                    if stopping():
-                        return None
-                    if k < eval_iters:
-                        batch = starts[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
-                        with self.ctx:
-                            total += data_loss(model, *data.windows(batch)).float()
-                if world_size > 1:
-                    torch_dist.all_reduce(total)
-                losses[split] = total.item() / eval_iters
+                if split == "val" and self.cfg.val_eval == "full":
+                    losses[split] = self.full_split_loss(data, stopping)
+                else:
+                    losses[split] = self.sampled_loss(data, stopping)
+                if losses[split] is None:
+                    return None
+            return losses
         finally:
-            model.train()
-        return losses
+            self.compiled.train()
+
+    def sampled_loss(self, data, stopping):
+        """Mean loss over eval_iters random batches of `data`, all-reduced over ranks."""
+        rank, world_size, eval_iters = self.dist.rank, self.dist.world_size, self.cfg.eval_iters
+        starts = data.random_starts(eval_iters * self.cfg.batch_size, generator(self.cfg.seed + 1))
+        total = torch.zeros((), device=self.dist.device)
+        for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
+            if stopping():
+                return None
+            if k < eval_iters:
+                batch = starts[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
+                with self.ctx:
+                    total += data_loss(self.compiled, *data.windows(batch)).float()
+        if world_size > 1:
+            torch_dist.all_reduce(total)
+        return total.item() / eval_iters
+
+    def full_split_loss(self, data, stopping):
+        """Mean loss per token over every complete window of `data`, in order, in batches of batch_size (the
+        last one padded with ignored targets, so every batch has one shape). Batch k is rank k % world_size's,
+        and the batches' loss sums are added on the host in batch order: the same number for any number of
+        processes."""
+        rank, world_size, size = self.dist.rank, self.dist.world_size, self.cfg.batch_size
+        starts = data.all_window_starts()
+        n_batches = math.ceil(len(starts) / size)
+        sums = torch.zeros(n_batches, dtype=torch.float64, device=self.dist.device)
+        for k in range(rank, math.ceil(n_batches / world_size) * world_size, world_size):
+            if stopping():
+                return None
+            if k < n_batches:
+                X, Y = data.windows(starts[k * size:(k + 1) * size])
+                n = len(X)
+                if n < size:
+                    X = torch.cat([X, X[:1].expand(size - n, -1)])
+                    Y = torch.cat([Y, torch.full_like(Y[:1], -1).expand(size - n, -1)])
+                with self.ctx:
+                    sums[k] = data_loss(self.compiled, X, Y).double() * Y[:n].numel()
+        if world_size > 1:
+            torch_dist.all_reduce(sums)  # each entry is one rank's, the others add zeros: exact
+        return math.fsum(sums.tolist()) / (len(starts) * data.block_size)
 
     # --- checkpoints
 
@@ -743,7 +781,8 @@ def run(cfg, dist, trainer):
         if it % cfg.eval_interval == 0 or it == cfg.max_iters or cfg.eval_only:
             synchronize(dist.device)
             trainer.train_time += clock.lap()
-            say(f"iter {it}: evaluating ({cfg.eval_iters} batches of each split)")
+            val = "all of val" if cfg.val_eval == "full" else f"{cfg.eval_iters} of val"
+            say(f"iter {it}: evaluating ({cfg.eval_iters} batches of train, {val})")
             started = time.perf_counter()
             losses = trainer.evaluate(stopping)
             if losses is None:

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed
@@ -1100,7 +1101,73 @@ def test_non_finite_validation_loss_stops_before_the_checkpoint(data_root, tmp_p
     assert sorted(records(out, "eval")) == [0] and sorted(records(out, "train")) == [1]
 
 
-# ----------------------------------------------------------------------------- 8. wandb
+# ----------------------------------------------------------------------------- 8. evaluation
+
+def direct_full_val_loss(trainer):
+    """The mean cross-entropy over every token of every complete window of the val split, one window at a time,
+    summed in float64: what val_eval='full' must give."""
+    data, block = trainer.val_data, trainer.cfg.block_size
+    tokens = torch.from_numpy(np.memmap(data.path, dtype=np.uint16, mode="r").astype(np.int64))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, (len(tokens) - 1) // block * block, block):
+            window = tokens[start:start + block + 1]
+            logits, _ = trainer.model(window[None, :-1])
+            total += torch.nn.functional.cross_entropy(logits[0].double(), window[1:], reduction="sum").item()
+            count += block
+    return total / count, count
+
+
+def test_full_val_scores_every_window_once(data_root, tmp_path, monkeypatch):
+    """val_eval='full': the mean over all 249 complete windows of the tiny val split (7,968 of its 8,000
+    tokens), in batches of 4 with the last one (1 window) padded, equals a window-by-window computation; the
+    sampled evaluation of the same weights differs from it, and from one seed to another."""
+    trainer = make_trainer(data_root, tmp_path, monkeypatch, val_eval="full", batch_size=4, total_bs=4)
+    for _ in range(3):
+        trainer.train_iteration()
+    expected, count = direct_full_val_loss(trainer)
+    assert count == 249 * 32 and len(trainer.val_data.all_window_starts()) == 249
+    full = trainer.evaluate()
+    assert full["val"] == pytest.approx(expected, rel=1e-6)
+    sampled = make_trainer(data_root, tmp_path, monkeypatch, batch_size=4, total_bs=4)
+    other_seed = make_trainer(data_root, tmp_path, monkeypatch, batch_size=4, total_bs=4, seed=7)
+    for t in (sampled, other_seed):
+        t.model.load_state_dict(trainer.model.state_dict())
+    by_seed = other_seed.evaluate()
+    assert abs(sampled.evaluate()["val"] - expected) > 1e-4 and abs(by_seed["val"] - sampled.evaluate()["val"]) > 1e-4
+    other_seed.cfg = dataclasses.replace(other_seed.cfg, val_eval="full")
+    assert other_seed.evaluate() == {"train": by_seed["train"], "val": full["val"]}  # the seed does not enter val's
+
+
+def test_full_val_abandons_on_a_stop(data_root, tmp_path, monkeypatch):
+    trainer = make_trainer(data_root, tmp_path, monkeypatch, val_eval="full")
+    asked = []
+    assert trainer.full_split_loss(trainer.val_data, lambda: asked.append(1) or len(asked) > 3) is None
+    assert len(asked) == 4
+
+
+@pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
+def test_full_val_is_the_same_number_for_any_number_of_processes(data_root, tmp_path):
+    """eval_only from one checkpoint, by 1 process and by 2 (each batch of the val split is one rank's, the
+    sums are added on the host in batch order): the logged val loss is bit-identical."""
+    trained = tmp_path / "trained"
+    run_main(args(out_dir=trained, max_iters=3, val_eval="full"), data_root)
+    evaluated = {}
+    for processes in (1, 2):
+        out = tmp_path / f"eval-{processes}"
+        shutil.copytree(trained, out)
+        argv = args(out_dir=out, init_from="resume", eval_only=True, val_eval="full", max_iters=3)
+        if processes == 1:
+            result = run_train_subprocess(argv, data_root)
+            assert result.returncode == 0, result.stderr[-3000:]
+        else:
+            torchrun([TRAIN_PY, *argv], cwd=data_root, completed=lambda result: True)
+        evaluated[processes] = [r["val/loss"] for r in read_metrics(out / "metrics.jsonl") if "val/loss" in r][-1]
+    assert evaluated[1] == evaluated[2]
+    assert evaluated[1] == records(trained, "eval")[3]["val/loss"]
+
+
+# ----------------------------------------------------------------------------- 9. wandb
 
 def test_wandb_offline_run(data_root, tmp_path):
     pytest.importorskip("wandb")
@@ -1116,7 +1183,7 @@ def test_wandb_offline_run(data_root, tmp_path):
     assert list(runs[0].glob("*.wandb"))  # the offline log that `wandb sync` uploads
 
 
-# ----------------------------------------------------------------------------- 9. learning rate
+# ----------------------------------------------------------------------------- 10. learning rate
 
 def test_get_lr_schedule():
     cfg = make_config(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
