@@ -1,33 +1,41 @@
 """
-The tuned small-scale protocol: does Sophia-G reach AdamW's loss in about half the steps when each
-optimizer is tuned on its own merits? About 90 runs of a 30M GPT: 19 minutes on two H200s.
+Tuned studies of the paper's question: does Sophia-G reach AdamW's loss in about half the steps when each
+optimizer is tuned on its own merits? Each study is a set of runs that a planner derives from the results so
+far (tuning by local search, then final runs on fresh seeds), run one per GPU, resumable.
 
     python data/enwiki/prepare.py
-    python scripts/protocol.py               # run what is not done yet (resumes), one worker per GPU
-    python scripts/protocol.py --plan        # the plan so far, and what is done
-    python scripts/protocol.py --budget 540  # start no run that would not finish within 540 s
-    python scripts/protocol_report.py        # heatmaps, curves, speedup and verdict (CPU is enough)
+    python scripts/protocol.py [--study NAME]               # run what is not done yet (resumes)
+    python scripts/protocol.py --study NAME --plan          # the plan so far, and what is done
+    python scripts/protocol.py --study NAME --budget 540    # start no run that would not finish within 540 s
+    python scripts/protocol_report.py                       # reports, claims table, figures (CPU is enough)
 
-Scale (config/protocol_small.py): GPT-2 with 6 layers, 384 channels, block 512, on the 50M-token
-Wikipedia corpus, 64 x 512 tokens per iteration; T = 600 iterations. Every run decays its learning rate
-over its own length (cosine to lr/20 after a linear warmup of a fixed fraction of that length), and takes
-its optimizer's other hyperparameters from its paper config (config/train_gpt2_small_*.py).
+Every run decays its learning rate over its own length (cosine to lr/20 after a linear warmup of a fixed
+fraction of that length) and takes its optimizer's other hyperparameters from its paper config
+(config/train_gpt2_small_*.py). Tuning is on seed 1337 at length T: while a neighbour of an optimizer's best
+point along an axis (lr x2 or /2, the next warmup fraction, rho x4 or /4) is untried, it is tried, so the best
+point ends interior to every axis (or at an axis's limit).
 
-Phases (each starts when what it needs is done):
-  tune      seed 1337, length T. AdamW: lr x warmup. Sophia-G: lr x warmup at rho 0.05, then lr x rho at
-            its best warmup. Lion (AdamW's warmup) and sign momentum (Sophia-G's warmup; Sophia-G's update
-            with the Hessian switched off): lr. Then, for each optimizer, while a neighbour of its best
-            point along an axis (lr x2 or /2, the next warmup fraction, rho x4 or /4) is untried, try it:
-            the best point ends interior to every axis, or at an axis's limit.
-  final     the fresh seeds FINAL_SEEDS at the tuned settings, warmup scaled with the length: AdamW at T/2,
-            T and 2T; Sophia-G at T/2 and T; Lion and sign momentum at T.
-  official  AdamW at T with 6 micro-batches of 10 sequences: the gradient as the mean over micro-steps
-            (ours) and as their sum (the official train_adam.py), FINAL_SEEDS.
-  variant   Sophia-G at T, FINAL_SEEDS, deviations from the official algorithm: bias-corrected h; beta2 0.95.
+Studies (--study):
+  tuned       GPT-2 with 6 layers, 384 channels, block 512 (30M parameters; config/protocol_small.py), enwiki,
+              64 x 512 tokens per iteration, T = 600. Tuning: AdamW lr x warmup; Sophia-G lr x warmup at
+              rho 0.05, then lr x rho; Lion (AdamW's warmup) and sign momentum (Sophia-G's update with the
+              Hessian switched off; Sophia-G's warmup): lr. Finals on seeds 2001-2003: AdamW at T/2, T, 2T,
+              Sophia-G at T/2, T, Lion and sign momentum at T; the official AdamW baseline (the gradient
+              summed over 6 micro-steps, against the mean); two variants of Sophia-G.
+  inband      the tuned study's Hessian control where the Hessian acts: Sophia-G at its best tuning run whose
+              mean win_rate is in 0.1-0.5, against sign momentum, on seeds 2001-2003, scored on the whole val
+              split; also Sophia-G at its tuned rho and one rho step deeper in the band.
+  bridge131k  the tuned study's model at 256 x 512 = 131k tokens per iteration: lr tuned again for AdamW,
+              Sophia-G and sign momentum; finals on seeds 2101-2103 (AdamW at T/2, T, 2T, the others at T).
+  gpt2small   GPT-2 small (124M; config/study_gpt2_small.py), 128 x 1024 = 131k tokens per iteration,
+              T = 1000. Tuning: AdamW lr x warmup, Sophia-G lr x warmup at rho 0.05, then rho. Finals on
+              seeds 3001-3003 at T: AdamW, Sophia-G, sign momentum at Sophia-G's tuned lr and warmup; then
+              AdamW at T/2 or 2T by the sequential rule (README); Sophia-G in the win_rate band if its tuned
+              rho is outside it; one pair without the attention's inverse-layer scaling; Lion last.
 
-Each run's metrics.jsonl is copied to results/tuned/<run>/ (commit them: they are the protocol's memory
+Each run's metrics.jsonl is copied to results/<study>/<run>/ (commit them: they are the studies' memory
 across machines); a run that fails (e.g. a non-finite loss) is recorded as failed there and counts as
-infinitely bad. Checkpoints stay in out-tuned/<run>/: an interrupted run resumes from its checkpoint.
+infinitely bad. Checkpoints stay in out-<study>/<run>/: an interrupted run resumes from its checkpoint.
 """
 
 import argparse
@@ -48,28 +56,54 @@ sys.path.insert(0, ROOT)  # for train.py
 
 from metrics import read_metrics  # noqa: E402
 
-RESULTS = os.path.join("results", "tuned")
-OUT = "out-tuned"
-SCALE_CONFIG = os.path.join(ROOT, "config", "protocol_small.py")
-T = 600
-TUNE_SEED = 1337
-FINAL_SEEDS = (2001, 2002, 2003)  # never used for tuning
-
-# The axes the tuning searches, in order, with their limits; the grids start in the middle of them.
+# The axes every tuning searches, in order, with their limits.
 WARMUPS = (1 / 24, 1 / 12, 1 / 4, 1 / 2, 3 / 4, 7 / 8, 1)  # fraction of the run's length (1: no decay)
 RHOS = (0.003125, 0.0125, 0.05, 0.2, 0.8, 3.2)
 LR_LIMITS = (1e-5, 0.1)
-ADAMW_GRID = dict(lr=(5e-4, 1e-3, 2e-3), warmup=(1 / 12, 1 / 4, 1 / 2))
-SOPHIA_GRID = dict(lr=(1.25e-4, 2.5e-4, 5e-4), warmup=(1 / 12, 1 / 4, 1 / 2), rho=(0.05,))
-SOPHIA_RHOS = (0.05, 0.2, 0.8)  # the second grid: lr x rho at the best warmup of the first
-LION_LR_FACTORS = (1 / 8, 1 / 4, 1 / 2)  # of AdamW's best lr (the Lion paper: 3-10x smaller)
-SIGN_LR_FACTORS = (1 / 2, 1, 2)  # of Sophia-G's best lr
+BAND = (0.1, 0.5)  # the mean win_rate the official README asks of a well-set rho: where the Hessian acts
+
+# The tuned protocol's own phases
 OFFICIAL = dict(total_bs=60, batch_size=10)  # 6 micro-batches, close to the 64 sequences of the other runs
 VARIANTS = ({"hessian_bias_correction": True}, {"beta2": 0.95})
 
 STARTUP_SECONDS = 15  # start-up and evaluations of a run, beside its iterations
 COMPILE_SECONDS = 60  # a worker's first run of an optimizer also compiles
-GUESS_SECONDS_PER_ITER = 0.03
+
+
+# ----------------------------------------------------------------------------- studies
+
+@dataclass(frozen=True)
+class Tuning:
+    """Where a tuning starts: the first grids (the search widens them), and the controls' lr as factors of the
+    best lr they follow (Lion AdamW's, sign momentum Sophia-G's; () leaves the control out of the tuning)."""
+    adamw: dict  # lr=(...), warmup=(...)
+    sophiag: dict  # lr=(...), warmup=(...), rho=(...): lr x warmup at one rho
+    sophia_rhos: tuple  # the second grid: lr x rho at the best warmup of the first
+    lion_factors: tuple = (1 / 8, 1 / 4, 1 / 2)  # the Lion paper: 3-10x smaller than AdamW's
+    sign_factors: tuple = (1 / 2, 1, 2)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A set of runs that answers one question: their shared config, length T, seeds, and the plan that says,
+    from the results so far, which runs it needs. Metrics go to results/<name>/, checkpoints to out-<name>/."""
+    name: str
+    scale_config: str
+    T: int
+    final_seeds: tuple  # never used for tuning
+    planner: object  # planner(study, losses) -> Plan
+    tuning: Tuning = None
+    tune_seed: int = 1337
+    settings: tuple = ()  # (key, value) config pairs every run of the study sets
+    guess_seconds_per_iter: float = 0.03  # until its runs have measured it
+
+    @property
+    def results(self):
+        return os.path.join("results", self.name)
+
+    @property
+    def out(self):
+        return f"out-{self.name}"
 
 
 # ----------------------------------------------------------------------------- runs
@@ -95,27 +129,28 @@ class Run:
         extra = "".join(f"-{k}={v}" for k, v in self.overrides)
         return f"{self.optimizer}-lr{self.lr:g}-wu{self.warmup_iters}{rho}-{self.iters}it-s{self.seed}{extra}"
 
-    def train_args(self, out, resume):
-        """train.py's command-line arguments for this run."""
+    def train_args(self, study, resume):
+        """train.py's command-line arguments for this run of `study`."""
         settings = dict(optimizer_name=self.optimizer, learning_rate=self.lr, min_lr=self.lr / 20,
                         warmup_iters=self.warmup_iters, max_iters=self.iters, lr_decay_iters=self.iters,
-                        seed=self.seed, out_dir=os.path.join(out, self.name), wandb_run_name=self.name,
-                        init_from="resume" if resume else "scratch", **dict(self.overrides))
+                        seed=self.seed, out_dir=os.path.join(study.out, self.name), wandb_run_name=self.name,
+                        init_from="resume" if resume else "scratch", **dict(study.settings), **dict(self.overrides))
         if not resume:  # a start that died before its first checkpoint left a metrics.jsonl: keep it aside
             settings["overwrite"] = True
         if self.rho is not None:
             settings["rho"] = self.rho
         from optimizers import OPTIMIZERS  # here: the planner itself needs no torch
 
-        return [OPTIMIZERS[self.optimizer].paper_config(), SCALE_CONFIG, *(f"--{k}={v}" for k, v in settings.items())]
+        return [OPTIMIZERS[self.optimizer].paper_config(), study.scale_config,
+                *(f"--{k}={v}" for k, v in settings.items())]
 
 
-def tuning_run(optimizer, lr, warmup, rho=None):
-    return Run("tune", optimizer, lr, warmup, T, TUNE_SEED, rho)
+def tuning_run(study, optimizer, lr, warmup, rho=None):
+    return Run("tune", optimizer, lr, warmup, study.T, study.tune_seed, rho)
 
 
-def grid(optimizer, lr, warmup, rho=(None,)):
-    return [tuning_run(optimizer, a, w, r) for w in warmup for r in rho for a in lr]
+def grid(study, optimizer, lr, warmup, rho=(None,)):
+    return [tuning_run(study, optimizer, a, w, r) for w in warmup for r in rho for a in lr]
 
 
 def neighbours(run, axes):
@@ -152,52 +187,174 @@ class Plan:
     best: dict  # optimizer -> its tuned Run (present once its tuning is complete)
 
 
-def make_plan(losses):
-    """Every run the protocol needs given the final losses so far ({run name: loss}), in order of
-    priority, and the tuned settings known so far."""
-    best = {}
-    adamw, best["adamw"] = local_search(grid("adamw", **ADAMW_GRID), losses, ("lr", "warmup"))
-    sophia, best["sophiag"] = local_search(grid("sophiag", **SOPHIA_GRID), losses, ("lr", "warmup"))
-    if best["sophiag"]:  # the second grid, lr x rho at the best warmup; then the search over all three axes
+def tune(study, losses):
+    """The tuning runs of `study` (seed tune_seed, length T) so far, in order of priority, and each optimizer's
+    tuned Run once its search is complete. AdamW: lr x warmup. Sophia-G: lr x warmup at one rho, then lr x rho
+    at its best warmup, then the search over all three axes. Lion (AdamW's warmup) and sign momentum
+    (Sophia-G's warmup): lr, from the best lr they follow."""
+    grids, best = study.tuning, {}
+    adamw, best["adamw"] = local_search(grid(study, "adamw", **grids.adamw), losses, ("lr", "warmup"))
+    sophia, best["sophiag"] = local_search(grid(study, "sophiag", **grids.sophiag), losses, ("lr", "warmup"))
+    if best["sophiag"]:
         lrs = sorted({r.lr for r in sophia if r.warmup == best["sophiag"].warmup})
-        second = grid("sophiag", lrs, (best["sophiag"].warmup,), SOPHIA_RHOS)
+        second = grid(study, "sophiag", lrs, (best["sophiag"].warmup,), grids.sophia_rhos)
         sophia, best["sophiag"] = local_search(sophia + [r for r in second if r not in sophia], losses,
                                                ("lr", "warmup", "rho"))
     runs = adamw + sophia
-    if best["adamw"]:
-        base = best["adamw"]
-        lion, best["lion"] = local_search(grid("lion", [base.lr * f for f in LION_LR_FACTORS], (base.warmup,)),
-                                          losses, ("lr",))
-        runs += lion
-    if best["sophiag"]:
-        base = best["sophiag"]
-        sign, best["signmomentum"] = local_search(
-            grid("signmomentum", [base.lr * f for f in SIGN_LR_FACTORS], (base.warmup,)), losses, ("lr",))
-        runs += sign
-    best = {k: v for k, v in best.items() if v}
+    for control, leader, factors in (("lion", "adamw", grids.lion_factors),
+                                     ("signmomentum", "sophiag", grids.sign_factors)):
+        if best[leader] and factors:
+            base = best[leader]
+            found, best[control] = local_search(grid(study, control, [base.lr * f for f in factors], (base.warmup,)),
+                                                losses, ("lr",))
+            runs += found
+    return runs, {k: v for k, v in best.items() if v}
 
-    lengths = {"adamw": (T // 2, T, 2 * T), "sophiag": (T // 2, T), "lion": (T,), "signmomentum": (T,)}
-    for optimizer, tuned in best.items():
-        runs += [replace(tuned, phase="final", iters=n, seed=s) for s in FINAL_SEEDS for n in lengths[optimizer]]
+
+def finals(study, best, lengths, phase="final"):
+    """The tuned runs on the final seeds at the given lengths ({optimizer: lengths}), warmup scaled with
+    the length."""
+    return [replace(best[o], phase=phase, iters=n, seed=s) for o, ns in lengths.items() if o in best
+            for s in study.final_seeds for n in ns]
+
+
+def tuned_plan(study, losses):
+    """The tuned protocol: the tuning; final runs (AdamW at T/2, T and 2T, Sophia-G at T/2 and T, Lion and sign
+    momentum at T); the official AdamW baseline (gradient mean vs sum over micro-steps); Sophia-G's variants."""
+    runs, best = tune(study, losses)
+    T = study.T
+    runs += finals(study, best, {"adamw": (T // 2, T, 2 * T), "sophiag": (T // 2, T), "lion": (T,),
+                                 "signmomentum": (T,)})
     if "adamw" in best:
         runs += [replace(best["adamw"], phase="official", seed=s,
                          overrides=tuple({**OFFICIAL, "grad_accumulation": how}.items()))
-                 for s in FINAL_SEEDS for how in ("mean", "sum")]
+                 for s in study.final_seeds for how in ("mean", "sum")]
     if "sophiag" in best:
         runs += [replace(best["sophiag"], phase="variant", seed=s, overrides=tuple(v.items()))
-                 for v in VARIANTS for s in FINAL_SEEDS]
+                 for v in VARIANTS for s in study.final_seeds]
     return Plan(runs, best)
+
+
+def in_band(study, runs, losses):
+    """The run of `runs` (done, finite) with the lowest final loss among those whose mean win_rate lies in
+    BAND; None if there is none."""
+    inside = [r for r in runs if math.isfinite(losses.get(r.name, math.inf))
+              and BAND[0] <= (mean_metric(study, r, "train/win_rate") or -1) <= BAND[1]]
+    return min(inside, key=lambda r: losses[r.name], default=None)
+
+
+def inband_plan(study, losses):
+    """The Hessian control with the Hessian acting, on the tuned protocol's final seeds: Sophia-G at its best
+    tuning run (lr, warmup, rho) whose mean win_rate is in BAND, against sign momentum as tuned, both scored on
+    the whole val split. Also Sophia-G at its tuned rho (the protocol's finals, re-scored) and, one rho step up,
+    deeper in the band."""
+    source = make_plan(TUNED)
+    band = in_band(TUNED, [r for r in source.runs if r.phase == "tune" and r.optimizer == "sophiag"],
+                   known_losses(TUNED))
+    if band is None or not {"sophiag", "signmomentum"} <= set(source.best):
+        return Plan([], {})
+    deeper = replace(band, rho=RHOS[RHOS.index(band.rho) + 1])
+    best = {"sophiag": source.best["sophiag"], "signmomentum": source.best["signmomentum"], "inband": band}
+    runs = [replace(r, phase=phase, seed=s) for phase, r in (("inband", band), ("final", best["signmomentum"]),
+                                                            ("final", best["sophiag"]), ("deeper", deeper))
+            for s in study.final_seeds]
+    return Plan(runs, best)
+
+
+def bridge_plan(study, losses):
+    """The tuned protocol's model at another batch: each optimizer's lr tuned again (from the tuned protocol's
+    settings, the search widening along lr; warmup and rho kept), then AdamW at T/2, T and 2T, Sophia-G and
+    sign momentum at T, on the final seeds."""
+    source = make_plan(TUNED).best
+    runs, best = [], {}
+    for optimizer in ("adamw", "sophiag", "signmomentum"):
+        if optimizer in source:
+            centre = replace(source[optimizer], iters=study.T, seed=study.tune_seed)
+            found, best[optimizer] = local_search([replace(centre, lr=centre.lr * f) for f in (1 / 2, 1, 2)],
+                                                  losses, ("lr",))
+            runs += found
+    best = {k: v for k, v in best.items() if v}
+    T = study.T
+    return Plan(runs + finals(study, best, {"adamw": (T // 2, T, 2 * T), "sophiag": (T,), "signmomentum": (T,)}),
+                best)
+
+
+def gpt2_small_plan(study, losses):
+    """GPT-2 small. The tuning (without sign momentum); finals at T: AdamW, Sophia-G, and sign momentum at
+    Sophia-G's tuned lr and warmup. Then the sequential stage, decided by the finals at T: AdamW at T/2 if
+    Sophia-G's mean final loss is above AdamW's, else at 2T. If the tuned rho's mean win_rate is outside
+    BAND, Sophia-G at its best tuning run inside it (the Hessian control). One pair (AdamW, Sophia-G) without
+    the attention's inverse-layer scaling on the first final seed. Lion's tuning and its final at T last."""
+    runs, best = tune(study, losses)
+    lion, runs = [r for r in runs if r.optimizer == "lion"], [r for r in runs if r.optimizer != "lion"]
+    T = study.T
+    if "sophiag" in best:
+        best["signmomentum"] = replace(best["sophiag"], optimizer="signmomentum", rho=None)
+    runs += finals(study, best, {"adamw": (T,), "sophiag": (T,), "signmomentum": (T,)})
+    at_T = {o: [losses.get(r.name) for r in finals(study, best, {o: (T,)})] for o in ("adamw", "sophiag")}
+    if all(at_T.values()) and all(loss is not None for v in at_T.values() for loss in v):
+        slower = sum(at_T["sophiag"]) > sum(at_T["adamw"])
+        runs += finals(study, best, {"adamw": (T // 2,) if slower else (2 * T,)}, phase="sequential")
+    if "sophiag" in best:
+        tuning = [r for r in runs if r.phase == "tune" and r.optimizer == "sophiag"]
+        band = in_band(study, tuning, losses)
+        if band is not None and band != best["sophiag"]:
+            best["inband"] = band
+            runs += [replace(band, phase="inband", seed=s) for s in study.final_seeds]
+    no_scaling = (("scale_attn_by_inverse_layer_idx", False),)
+    runs += [replace(best[o], phase="noscale", seed=study.final_seeds[0], overrides=no_scaling)
+             for o in ("adamw", "sophiag") if o in best]
+    runs += lion
+    if "lion" in best:
+        runs += finals(study, best, {"lion": (T,)})
+    return Plan(runs, best)
+
+
+CONFIG = os.path.join(ROOT, "config")
+SMALL = os.path.join(CONFIG, "protocol_small.py")
+FULL_VAL = (("val_eval", "full"),)
+TUNED = Study("tuned", SMALL, T=600, final_seeds=(2001, 2002, 2003), planner=tuned_plan, tuning=Tuning(
+    adamw=dict(lr=(5e-4, 1e-3, 2e-3), warmup=(1 / 12, 1 / 4, 1 / 2)),
+    sophiag=dict(lr=(1.25e-4, 2.5e-4, 5e-4), warmup=(1 / 12, 1 / 4, 1 / 2), rho=(0.05,)),
+    sophia_rhos=(0.05, 0.2, 0.8)))
+INBAND = Study("inband", SMALL, T=600, final_seeds=TUNED.final_seeds, planner=inband_plan, settings=FULL_VAL)
+# 131,072 tokens per iteration: at T a run reads 78.6M tokens, 1.6 passes over the 50M-token corpus (2T: 3.1)
+BRIDGE = Study("bridge131k", SMALL, T=600, final_seeds=(2101, 2102, 2103), planner=bridge_plan,
+               settings=(("total_bs", 256), ("batch_size", 128), *FULL_VAL), guess_seconds_per_iter=0.09)
+GPT2_SMALL = Study("gpt2small", os.path.join(CONFIG, "study_gpt2_small.py"), T=1000, final_seeds=(3001, 3002, 3003),
+                   planner=gpt2_small_plan, guess_seconds_per_iter=0.3, tuning=Tuning(
+                       adamw=dict(lr=(7.5e-4, 1.5e-3, 3e-3), warmup=(1 / 4, 3 / 4)),
+                       sophiag=dict(lr=(3e-4, 6e-4, 1.2e-3), warmup=(1 / 4, 3 / 4), rho=(0.05,)),
+                       sophia_rhos=(0.05, 0.2), sign_factors=()))
+STUDIES = {s.name: s for s in (TUNED, INBAND, BRIDGE, GPT2_SMALL)}
+
+
+def make_plan(study, losses=None):
+    """Every run `study` needs given the final losses so far ({run name: loss}; default: its results), in
+    order of priority, and the tuned settings known so far."""
+    return study.planner(study, known_losses(study) if losses is None else losses)
 
 
 # ----------------------------------------------------------------------------- results
 
-def result_dir(run):
-    return os.path.join(RESULTS, run.name)
+def result_dir(study, run):
+    return os.path.join(study.results, run.name)
 
 
-def final_loss(name):
+def records(study, run):
+    path = os.path.join(result_dir(study, run), "metrics.jsonl")
+    return read_metrics(path) if os.path.exists(path) else []
+
+
+def mean_metric(study, run, key):
+    """The mean of a metric over a run's training records (None if it has none)."""
+    values = [r[key] for r in records(study, run) if key in r and "train/loss" in r]
+    return sum(values) / len(values) if values else None
+
+
+def final_loss(study, name):
     """A run's final val loss from results/: None while it is not done, inf if it failed."""
-    folder = os.path.join(RESULTS, name)
+    folder = os.path.join(study.results, name)
     if os.path.exists(os.path.join(folder, "failed")):
         return math.inf
     path = os.path.join(folder, "metrics.jsonl")
@@ -209,36 +366,36 @@ def final_loss(name):
     return finals[-1] if finals else None
 
 
-def known_losses():
-    """{run name: final val loss} of the runs done (failed ones: inf)."""
-    if not os.path.isdir(RESULTS):
+def known_losses(study):
+    """{run name: final val loss} of the runs of `study` done (failed ones: inf)."""
+    if not os.path.isdir(study.results):
         return {}
-    losses = {name: final_loss(name) for name in sorted(os.listdir(RESULTS))}
+    losses = {name: final_loss(study, name) for name in sorted(os.listdir(study.results))}
     return {name: loss for name, loss in losses.items() if loss is not None}
 
 
-def seconds_per_iter(optimizer):
-    """The slowest median seconds per iteration of this optimizer's runs so far (or a guess)."""
+def seconds_per_iter(study, optimizer):
+    """The slowest median seconds per iteration of this optimizer's runs so far (or the study's guess)."""
     rates = []
-    for name in os.listdir(RESULTS) if os.path.isdir(RESULTS) else ():
-        path = os.path.join(RESULTS, name, "metrics.jsonl")
+    for name in os.listdir(study.results) if os.path.isdir(study.results) else ():
+        path = os.path.join(study.results, name, "metrics.jsonl")
         if name.startswith(optimizer + "-") and os.path.exists(path):
             ms = sorted(r["ms_per_iter"] for r in read_metrics(path) if "ms_per_iter" in r)
             rates += [ms[len(ms) // 2] / 1000] if ms else []
-    return max(rates) if rates else GUESS_SECONDS_PER_ITER
+    return max(rates) if rates else study.guess_seconds_per_iter
 
 
-def estimate_seconds(run, compiled):
+def estimate_seconds(study, run, compiled):
     """How long a run will take: its iterations at the optimizer's measured speed, plus start-up (and
     compilation, if this worker has not run this optimizer yet)."""
     # the official phase's 6 micro-batches of 10 took 2.4x as long per iteration on an H200
-    per_iter = seconds_per_iter(run.optimizer) * (2.5 if run.phase == "official" else 1)
+    per_iter = seconds_per_iter(study, run.optimizer) * (2.5 if run.phase == "official" else 1)
     return STARTUP_SECONDS + (0 if compiled else COMPILE_SECONDS) + run.iters * per_iter
 
 
 # ----------------------------------------------------------------------------- running
 
-def execute(run, deadline):
+def execute(study, run, deadline):
     """Train one run in this process (resuming from its checkpoint if it has one), so that later runs
     reuse the compiled graphs; a SIGTERM at the deadline makes it save and stop. Its metrics are copied
     to results/ either way, so a cut-off run leaves its log; a run that exits with an error is marked
@@ -246,7 +403,7 @@ def execute(run, deadline):
     import torch
     import train
 
-    resume = os.path.exists(os.path.join(OUT, run.name, "ckpt.pt"))
+    resume = os.path.exists(os.path.join(study.out, run.name, "ckpt.pt"))
     print(f"== {run.name} ({run.phase}{', resuming' if resume else ''})", flush=True)
     alarm = None
     if math.isfinite(deadline):
@@ -254,7 +411,7 @@ def execute(run, deadline):
         alarm.start()
     failure = None
     try:
-        train.main(run.train_args(OUT, resume))
+        train.main(run.train_args(study, resume))
     except SystemExit as e:
         failure = f"train.py exited with status {e.code}"
     finally:
@@ -263,26 +420,21 @@ def execute(run, deadline):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    folder = result_dir(run)
+    folder = result_dir(study, run)
     os.makedirs(folder, exist_ok=True)
-    metrics = os.path.join(OUT, run.name, "metrics.jsonl")
+    metrics = os.path.join(study.out, run.name, "metrics.jsonl")
     if os.path.exists(metrics):
         shutil.copy(metrics, os.path.join(folder, "metrics.jsonl"))
     if failure:
         with open(os.path.join(folder, "failed"), "w") as f:
             f.write(failure + "\n")
         print(f"== {run.name} failed: {failure}", flush=True)
-    return run, final_loss(run.name) is not None
+    return run, final_loss(study, run.name) is not None
 
 
-SETTINGS = ("RESULTS", "OUT", "SCALE_CONFIG", "T")  # what a worker must share with the process that plans
-
-
-def init_worker(gpus, settings):
-    """A worker process uses one GPU of its own (CUDA is not initialised yet here) and the planner's
-    settings."""
+def init_worker(gpus):
+    """A worker process uses one GPU of its own (CUDA is not initialised yet here)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
-    globals().update(settings)
 
 
 def gpu_count():
@@ -290,9 +442,9 @@ def gpu_count():
     return torch.cuda.device_count()
 
 
-def run_protocol(budget, workers):
-    """Run what the plan needs, `workers` runs at a time (one GPU each), highest priority first, starting
-    no run that would not finish within `budget` seconds; re-plan whenever a run finishes."""
+def run_protocol(study, budget, workers):
+    """Run what the plan of `study` needs, `workers` runs at a time (one GPU each), highest priority first,
+    starting no run that would not finish within `budget` seconds; re-plan whenever a run finishes."""
     deadline = time.time() + budget
     pool = None
     if workers > 1:
@@ -301,22 +453,22 @@ def run_protocol(budget, workers):
         for i in range(workers):
             gpus.put(i)
         pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
-                                                      initargs=(gpus, {k: globals()[k] for k in SETTINGS}))
+                                                      initargs=(gpus,))
 
     def submit(run):
         if pool:
-            return pool.submit(execute, run, deadline)
+            return pool.submit(execute, study, run, deadline)
         future = concurrent.futures.Future()  # one worker: this process, so that Ctrl-C reaches the run
-        future.set_result(execute(run, deadline))
+        future.set_result(execute(study, run, deadline))
         return future
 
     started, compiled, running, stopping = set(), set(), {}, False
     try:
         while True:
-            todo = [r for r in make_plan(known_losses()).runs if final_loss(r.name) is None and r.name not in started]
+            todo = [r for r in make_plan(study).runs if final_loss(study, r.name) is None and r.name not in started]
             while todo and len(running) < workers and not stopping:
                 run = todo.pop(0)
-                estimate = estimate_seconds(run, run.optimizer in compiled)
+                estimate = estimate_seconds(study, run, run.optimizer in compiled)
                 if time.time() + estimate > deadline:
                     print(f"== not starting {run.name}: needs ~{estimate:.0f} s, {deadline - time.time():.0f} s "
                           f"left", flush=True)
@@ -331,40 +483,43 @@ def run_protocol(budget, workers):
             for future in done:
                 running.pop(future)
                 run, completed = future.result()  # an exception here is a bug of the protocol, not a failed run
-                if not completed and final_loss(run.name) is None:  # stopped (deadline, Ctrl-C, SIGTERM)
+                if not completed and final_loss(study, run.name) is None:  # stopped (deadline, Ctrl-C, SIGTERM)
                     stopping = True
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
-    plan = make_plan(known_losses())
-    left = sum(final_loss(r.name) is None for r in plan.runs)
+    plan = make_plan(study)
+    left = sum(final_loss(study, r.name) is None for r in plan.runs)
     print(f"== {len(plan.runs) - left} of the {len(plan.runs)} runs planned so far are done"
           if left else "== the protocol is complete", flush=True)
 
 
-def print_plan():
-    losses = known_losses()
-    plan = make_plan(losses)
+def print_plan(study):
+    losses = known_losses(study)
+    plan = make_plan(study, losses)
     for run in plan.runs:
         loss = losses.get(run.name)
         state = "to do" if loss is None else "failed" if math.isinf(loss) else f"val {loss:.4f}"
-        print(f"{run.phase:8} {run.name:60} {state}")
+        print(f"{run.phase:10} {run.name:60} {state}")
     for optimizer, run in plan.best.items():
+        loss = losses.get(run.name) if run.seed == study.tune_seed else None
         print(f"tuned {optimizer}: lr {run.lr:g}, warmup {run.warmup:.4g} of the length"
-              + ("" if run.rho is None else f", rho {run.rho:g}") + f" (val {losses[run.name]:.4f} at T)")
+              + ("" if run.rho is None else f", rho {run.rho:g}") + ("" if loss is None else f" (val {loss:.4f} at T)"))
 
 
 def main(argv=None):
     os.chdir(ROOT)  # train.py reads data/ and config/ relative to the repository
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", choices=STUDIES, default=TUNED.name, help="which study (default: %(default)s)")
     parser.add_argument("--budget", type=float, default=float("inf"), help="seconds this invocation may run")
     parser.add_argument("--workers", type=int, default=None,
                         help="runs side by side, one GPU each (default: the number of GPUs, at least 1)")
     parser.add_argument("--plan", action="store_true", help="print the plan and what is done, run nothing")
     args = parser.parse_args(argv)
+    study = STUDIES[args.study]
     if args.plan:
-        return print_plan()
-    run_protocol(args.budget, args.workers or max(1, gpu_count()))
+        return print_plan(study)
+    run_protocol(study, args.budget, args.workers or max(1, gpu_count()))
 
 
 if __name__ == "__main__":
