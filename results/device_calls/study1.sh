@@ -8,5 +8,5 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -W ignore scripts/protocol.py --study inband --budget $(left 300) > $OUT/inband.log 2>&1
 python3 -W ignore scripts/protocol.py --study bridge131k --budget $(left 560) > $OUT/bridge131k.log 2>&1
 tar czf $OUT/results.tgz results/inband results/bridge131k
-tail -3 $OUT/inband.log $OUT/bridge131k.log
+for f in $OUT/*.log; do tail -n 3 $f; done
 echo "took $(( $(date +%s) - start )) s"
