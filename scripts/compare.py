@@ -391,6 +391,16 @@ def difference_interval(a, b, level=LEVEL, resamples=RESAMPLES, seed=0):
     return float(np.mean(a) - np.mean(b)), float(low), float(high)
 
 
+def paired_difference_interval(a, b, level=LEVEL, resamples=RESAMPLES, seed=0):
+    """mean(a - b) over pairs (a[i] and b[i] share a seed) and its percentile-bootstrap interval: the pairs
+    are resampled together, so what the seeds share cancels."""
+    differences = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = [rng.choice(differences, len(differences)).mean() for _ in range(resamples)]
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(differences.mean()), float(low), float(high)
+
+
 # ----------------------------------------------------------------------------- Markdown
 
 def fmt_steps(x):
