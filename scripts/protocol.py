@@ -253,11 +253,11 @@ def inband_plan(study, losses):
                    known_losses(TUNED))
     if band is None or not {"sophiag", "signmomentum"} <= set(source.best):
         return Plan([], {})
-    deeper = replace(band, rho=RHOS[RHOS.index(band.rho) + 1])
     best = {"sophiag": source.best["sophiag"], "signmomentum": source.best["signmomentum"], "inband": band}
-    runs = [replace(r, phase=phase, seed=s) for phase, r in (("inband", band), ("final", best["signmomentum"]),
-                                                            ("final", best["sophiag"]), ("deeper", deeper))
-            for s in study.final_seeds]
+    groups = [("inband", band), ("final", best["signmomentum"]), ("final", best["sophiag"])]
+    if band.rho != RHOS[-1]:
+        groups.append(("deeper", replace(band, rho=RHOS[RHOS.index(band.rho) + 1])))
+    runs = [replace(r, phase=phase, seed=s) for phase, r in groups for s in study.final_seeds]
     return Plan(runs, best)
 
 
