@@ -1,5 +1,5 @@
 """
-Benchmark the real training step (train.Trainer.train_iteration, the same code train.py runs) and the
+Benchmark the real training iteration (Run.iteration of train.build, the same code train.py runs) and the
 optimizers alone. Prints Markdown tables; with --out, also writes them to a file.
 
     python bench.py                                    # GPT-2 small, AdamW vs Sophia-G, 480 x 1024 tokens
@@ -22,7 +22,6 @@ with the device synchronised around them.
 """
 
 import argparse
-import gc
 import os
 import statistics
 import time
@@ -32,12 +31,20 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from configurator import ConfigError, make_config, parse_value, read_config_file
 from data.tokens import write_tokens
 from model import GPT, GPTConfig
 from sophia import Lion, SophiaG
-from optimizers import OPTIMIZERS
-from train import Trainer, init_distributed, synchronize
+from train import build
+from training.config import (
+    OPTIMIZER_NAMES,
+    ConfigError,
+    make_config,
+    paper_config,
+    parse_value,
+    read_config_file,
+)
+from training.distributed import init_distributed, synchronize
+from training.optimizers import OPTIMIZERS
 
 # what a benchmark changes in a paper config: no logged iteration (no update_rms copy in the timings), a
 # short warmup, one evaluation batch, no wandb
@@ -82,9 +89,9 @@ def parse_row(spec):
 
 def row_config(size, optimizer_name, overrides):
     """A row's config: the optimizer's paper config at `size`, BENCH_SETTINGS, then `overrides`."""
-    if optimizer_name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {optimizer_name!r}; one of {', '.join(OPTIMIZERS)}")
-    path = OPTIMIZERS[optimizer_name].paper_config(size)
+    if optimizer_name not in OPTIMIZER_NAMES:
+        raise ConfigError(f"unknown optimizer {optimizer_name!r}; one of {', '.join(OPTIMIZER_NAMES)}")
+    path = paper_config(optimizer_name, size)
     if not os.path.exists(path):
         raise ConfigError(f"there is no paper config {os.path.relpath(path)} for {optimizer_name} at size {size}")
     paper = read_config_file(path)
@@ -104,7 +111,6 @@ def bench_training(args, spec, overrides):
         reason = "out of memory" if isinstance(e, torch.cuda.OutOfMemoryError) else f"failed: {type(e).__name__}"
         row = {"optimizer": spec.replace(":", " "), "micro-batch": cfg.batch_size, "output layer": cfg.output_layer,
                "ms/iter": reason}
-    gc.collect()  # the Trainer is in a reference cycle: collect it so the next row starts with free memory
     torch._dynamo.reset()  # each row compiles afresh (no recompile limit, no shapes carried over)
     if cuda:
         torch.cuda.empty_cache()
@@ -115,29 +121,29 @@ def bench_training(args, spec, overrides):
 
 def measure_training(args, cfg, dist, spec):
     cuda = dist.device.startswith("cuda")
-    trainer = Trainer(cfg, dist)
+    run = build(cfg, dist)
     k = cfg.hess_interval
     for _ in range(k):  # compiles the training step and, at iteration k, the refresh
-        trainer.train_iteration()
+        run.iteration()
     if dist.world_size > 1:  # ranks finish compiling at different times: start timing once all have (or a
         synchronize(dist.device)  # quicker rank's first timed collective would wait for the slowest)
         torch_dist.barrier(group=dist.control_group)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     n = k * args.rounds  # whole refresh periods, so the refresh's share is exact
-    seconds = timed(lambda: [trainer.train_iteration() for _ in range(n)], dist.device)
+    seconds = timed(lambda: [run.iteration() for _ in range(n)], dist.device)
     row = {
         "optimizer": spec.replace(":", " "),
         "micro-batch": cfg.batch_size,
         "output layer": cfg.output_layer,
         "ms/iter": 1000 * seconds / n,
-        "tokens/s": trainer.tokens_per_iter * n / seconds,
-        "MFU": (trainer.model.estimate_mfu(trainer.tokens_per_iter / dist.world_size, seconds / n, cfg.peak_flops)
+        "tokens/s": run.window.tokens_per_iter * n / seconds,
+        "MFU": (run.network.model.estimate_mfu(run.window.tokens_per_iter / dist.world_size, seconds / n, cfg.peak_flops)
                 if cuda else float("nan")),  # per GPU
         "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
     }
-    if trainer.refresh:  # its cost: the refreshing iteration (the period's last) against the others, each alone
-        times = [timed(trainer.train_iteration, dist.device) for _ in range(k)]
+    if OPTIMIZERS[cfg.optimizer_name].refresh:  # its cost: the refreshing iteration (the period's last) against
+        times = [timed(run.iteration, dist.device) for _ in range(k)]  # the others, each alone
         refresh = times[-1] - statistics.median(times[:-1])
         row["refresh ms"] = 1000 * refresh
         row["refresh ms/iter"] = 1000 * refresh / k
@@ -145,7 +151,7 @@ def measure_training(args, cfg, dist, spec):
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(k):
-                trainer.train_iteration()
+                run.iteration()
             synchronize(dist.device)
         if not dist.is_master:
             return row
@@ -273,7 +279,7 @@ def main():
         if args.optim_only:
             header, rows = bench_optimizers(args, overrides)
         else:
-            overrides["dataset"] = overrides.get("dataset") or make_synthetic_dataset()  # for the Trainer only
+            overrides["dataset"] = overrides.get("dataset") or make_synthetic_dataset()  # for the training rows only
             results = [bench_training(args, spec, overrides) for spec in args.optimizers.split(",")]
             rows, (_, cfg, dist) = [row for row, _, _ in results], results[0]
             base = next((r for r in rows if r["optimizer"] == "adamw"), None)

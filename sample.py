@@ -10,12 +10,13 @@ import sys
 
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from tokenizer import EOT, gpt2_encoding
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.rundir import RunDir
+from training.tokenizer import EOT, gpt2_encoding
 
 
 def load_model(out_dir, device):
-    path = os.path.join(out_dir, "ckpt.pt")
+    path = RunDir(out_dir).checkpoint
     if not os.path.exists(path):  # checked here: load_checkpoint's own message is about resuming training
         raise CheckpointError(f"no checkpoint at {path}; train one with `python train.py <config> --out_dir={out_dir}`"
                               " or point --out_dir at a run's folder")
@@ -43,7 +44,7 @@ def settings_problem(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out_dir", default="out", help="folder holding ckpt.pt")
+    parser.add_argument("--out_dir", default="out", help="a run's folder (train.py's out_dir)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a new line)")
     parser.add_argument("--num_samples", type=int, default=2)
     parser.add_argument("--max_new_tokens", type=int, default=100)

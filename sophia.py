@@ -6,15 +6,17 @@ SophiaG keeps the official code's parameterisation (github.com/Liuhong99/Sophia)
 hyperparameters carry over. Per parameter tensor, with state m (`exp_avg`) and h (`hessian`), both
 zero at first:
 
-    update_hessian():  h <- beta2 * h + (1 - beta2) * g_hat * g_hat      (g_hat: what is in p.grad)
-    step(bs):          p <- p * (1 - lr * weight_decay)
-                       m <- beta1 * m + (1 - beta1) * g
-                       p <- p - lr * sign(m) * min(|m| / (rho * bs * max(h, 0) + 1e-15), 1)
+    update_hessian(bs):  h <- beta2 * h + (1 - beta2) * g_hat * g_hat    (g_hat: what is in p.grad)
+    step():              p <- p * (1 - lr * weight_decay)
+                         m <- beta1 * m + (1 - beta1) * g
+                         p <- p - lr * sign(m) * min(|m| / (rho * bs * max(h, 0) + 1e-15), 1)
 
 No bias correction (official); `bias_correction=True` is our deviation for experiments: the step then
 uses h / (1 - beta2^k) after k refreshes, as Adam corrects its second moment. g_hat is the gradient of
 the mean cross-entropy of `bs` tokens against labels sampled from the model itself, so bs * g_hat^2 is
-the GNB estimate of the diagonal of the Gauss-Newton matrix and rho is the paper's gamma. Until the first
+the GNB estimate of the diagonal of the Gauss-Newton matrix and rho is the paper's gamma. The refreshes below
+pass bs to update_hessian, which keeps it for the steps until the next refresh; the official API's
+step(bs=...) overrides it. Until the first
 refresh h = 0 and the update is sign(m) (sign descent with momentum). Where h <= 0 (Hutchinson's estimate can be negative) the
 denominator is the paper's max(rho * h, eps): the coordinate takes a sign step, never a reversed or
 huge one. The per-coordinate step is at most lr (plus the decay lr * weight_decay * |p|).
@@ -267,7 +269,8 @@ class SophiaG(_ClippedSignOptimizer):
     """Sophia with the Gauss-Newton-Bartlett estimator, in the official code's parameterisation (see the
     module docstring). API-compatible with the official `SophiaG`: same constructor, `update_hessian()`,
     `step(closure=None, bs=5120)`, state keys `step`, `exp_avg`, `hessian`. Each parameter group also
-    counts its refreshes in `hessian_updates`.
+    counts its refreshes in `hessian_updates` and keeps the last one's bs in `hessian_bs` (`default_bs`, the
+    official step's default, until a refresh gives one).
 
     `foreach`/`fused` pick the implementation (default: fused on CUDA, single-tensor elsewhere).
     `bias_correction` (not in the official code) divides h by 1 - beta2^refreshes in the step.
@@ -298,24 +301,29 @@ class SophiaG(_ClippedSignOptimizer):
         return group["rho"] / weight if group.get("bias_correction") and weight > 0 else group["rho"]
 
     @torch.no_grad()
-    def update_hessian(self):
-        """Fold the estimate in p.grad into the Hessian EMA (squared for SophiaG, as is for SophiaH)."""
+    def update_hessian(self, bs=None):
+        """Fold the estimate in p.grad into the Hessian EMA (squared for SophiaG, as is for SophiaH). `bs`: the
+        number of tokens whose mean loss produced it (kept in each group's `hessian_bs` for the steps)."""
         for group in self.param_groups:
             params, grads = self._init_group(group)
             if params:
                 self._apply(*self.hessian_update, self._state(params, "hessian"), grads, beta2=group["betas"][1])
                 group["hessian_updates"] = group.get("hessian_updates", 0) + 1
+            if bs is not None:
+                group["hessian_bs"] = bs
+
+    def hessian_bs(self, group, bs=None):
+        """The bs of a group's step: given, else its last refresh's, else default_bs."""
+        return bs if bs is not None else group.get("hessian_bs", self.default_bs)
 
     def step(self, closure=None, bs=None):
-        """One update. `bs`: the number of tokens whose mean loss produced the Hessian estimate
-        (official: total_bs * block_size); SophiaG defaults to the official 5120, SophiaH to 1."""
-        bs = self.default_bs if bs is None else bs
-
+        """One update. `bs`: the number of tokens whose mean loss produced the Hessian estimate (official:
+        total_bs * block_size); by default the one update_hessian was given."""
         def update(group, params, grads):
             self._apply(_single_tensor_sophiag, _multi_tensor_sophiag,
                         params, grads, self._state(params, "exp_avg"), self._state(params, "hessian"),
                         lr=group["lr"], beta1=group["betas"][0], rho=self.effective_rho(group),
-                        weight_decay=group["weight_decay"], bs=bs)
+                        weight_decay=group["weight_decay"], bs=self.hessian_bs(group, bs))
 
         return self._run_step(closure, update)
 
@@ -325,8 +333,7 @@ class SophiaG(_ClippedSignOptimizer):
         |m| < rho * bs * h, i.e. not clipped: the official metric), the same over each named set of
         parameters in `param_sets` ({name: [params]}) as `train/win_rate/<name>`, `hessian_norm` (sum of
         |h|, the official L1 norm), `momentum_norm` (L2) and `hessian_ema_weight` (1 - beta2^refreshes,
-        of the first group)."""
-        bs = self.default_bs if bs is None else bs
+        of the first group). `bs` as for step()."""
         unclipped, h_l1, m_sq = {}, [], []
         for group in self.param_groups:
             params = [p for p in group["params"] if "hessian" in self.state.get(p, {})]
@@ -334,7 +341,7 @@ class SophiaG(_ClippedSignOptimizer):
                 continue
             m = [self.state[p]["exp_avg"] for p in params]
             h = [self.state[p]["hessian"] for p in params]
-            threshold = self.effective_rho(group) * bs
+            threshold = self.effective_rho(group) * self.hessian_bs(group, bs)
             unclipped.update({p: (mi.abs() < threshold * hi).sum() for p, mi, hi in zip(params, m, h)})
             h_l1 += torch._foreach_norm(h, 1)
             m_sq += [n.square() for n in torch._foreach_norm(m)]
@@ -359,7 +366,7 @@ class SophiaG(_ClippedSignOptimizer):
 class SophiaH(SophiaG):
     """Sophia with Hutchinson's estimator. p.grad must hold u * (H u) when update_hessian() is called
     (see `rademacher_like`, `hessian_vector_product`); the EMA takes it as is (it may be negative).
-    bs defaults to 1, so rho is the paper's gamma. With maximize=True the estimate is negated as well
+    Its bs is 1, so rho is the paper's gamma. With maximize=True the estimate is negated as well
     (maximizing f is minimizing -f). The official repository never released Sophia-H for GPT-2; the
     defaults here follow the paper's text (gamma = 0.01)."""
 
@@ -425,10 +432,10 @@ def _params(optimizer, params):
 
 
 @torch.no_grad()
-def fold_in_estimate(optimizer, params=None, *, max_norm=None, loss_scale=None):
+def fold_in_estimate(optimizer, params=None, *, bs=None, max_norm=None, loss_scale=None):
     """The end of every refresh: p.grad holds this process's estimate; average it over ranks, clip its global
-    norm at max_norm (if given and not 0), fold it into the Hessian EMA (optimizer.update_hessian()) and clear
-    p.grad. `params`: the optimizer's, in the order to take them (it decides float rounding, not the result).
+    norm at max_norm (if given and not 0), fold it into the Hessian EMA (optimizer.update_hessian(bs), `bs` the
+    tokens behind the estimate over all ranks) and clear p.grad. `params`: the optimizer's, in the order to take them (it decides float rounding, not the result).
     `loss_scale`: what the loss was multiplied by before its backward (fp16 training: a GradScaler's
     get_scale()): the estimate is divided by it first, and one that overflowed is dropped, not folded in.
     Returns whether the estimate was folded in."""
@@ -446,7 +453,7 @@ def fold_in_estimate(optimizer, params=None, *, max_norm=None, loss_scale=None):
     if finite:
         if max_norm:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.nn.utils.get_total_norm(grads))
-        optimizer.update_hessian()
+        optimizer.update_hessian(bs=bs)
     optimizer.zero_grad(set_to_none=True)
     return finite
 
@@ -463,7 +470,7 @@ def gnb_refresh(optimizer, logits_fn, inputs, *, params=None, max_norm=None, see
     (the logits then never exist: the refresh's peak memory stays the training step's). Under fp16, pass the
     GradScaler's get_scale() as loss_scale: the loss is scaled for its backward, the estimate unscaled.
     Every rank must pass the same number of micro-batches, and p.grad must be empty (call it after
-    zero_grad). Returns the number of tokens behind the estimate (over all ranks): pass it to step(bs=...)."""
+    zero_grad). The optimizer keeps the number of tokens behind the estimate (over all ranks) as its steps' bs."""
     rank, world_size = _rank_and_world_size()
     loss_fn = loss_fn or sampled_cross_entropy
     tokens = 0
@@ -473,8 +480,7 @@ def gnb_refresh(optimizer, logits_fn, inputs, *, params=None, max_norm=None, see
             loss = loss_fn(outputs)
         (loss * (1 / len(inputs)) * (loss_scale or 1)).backward()  # as gradient accumulation scales a micro-batch
         tokens += outputs[..., 0].numel()
-    fold_in_estimate(optimizer, params, max_norm=max_norm, loss_scale=loss_scale)
-    return tokens * world_size
+    fold_in_estimate(optimizer, params, bs=tokens * world_size, max_norm=max_norm, loss_scale=loss_scale)
 
 
 def sampled_gradient(logits, params, *, scale=1.0, seed=None, loss_fn=None):
@@ -482,7 +488,8 @@ def sampled_gradient(logits, params, *, scale=1.0, seed=None, loss_fn=None):
     gradient of scale * sampled_cross_entropy(logits) w.r.t. params, from the logits of the training
     step's own forward pass, whose graph is kept for the training loss's backward. Sum it over the
     micro-batches with scale = 1 / their number (times the loss scale under fp16), put the sum in p.grad
-    after the step, then call fold_in_estimate. `seed`: this micro-batch's (see micro_batch_seed)."""
+    after the step, then call fold_in_estimate with bs the tokens behind it. `seed`: this micro-batch's (see
+    micro_batch_seed)."""
     with seeded(seed, logits.device):
         loss = (loss_fn or sampled_cross_entropy)(logits)
     return torch.autograd.grad(loss * scale, params, retain_graph=True)
@@ -492,7 +499,7 @@ def hutchinson_refresh(optimizer, loss_fn, inputs, *, params=None, generator=Non
     """Sophia-H's refresh: u * (H u), H the Hessian of the mean of loss_fn(batch) over the micro-batches
     `inputs` (and over ranks), u one Rademacher vector from `generator` (seed it alike on every rank), by
     double backward (the model must be twice differentiable: see GPT.twice_differentiable); then
-    h <- beta2 h + (1 - beta2) u * (H u). `loss_scale` as for gnb_refresh. Returns 1, SophiaH's step bs."""
+    h <- beta2 h + (1 - beta2) u * (H u), whose bs is 1. `loss_scale` as for gnb_refresh."""
     params = [p for p in _params(optimizer, params) if p.requires_grad]
     probe = rademacher_like(params, generator)
     for batch in inputs:
@@ -500,5 +507,4 @@ def hutchinson_refresh(optimizer, loss_fn, inputs, *, params=None, generator=Non
         for p, hv in zip(params, hessian_vector_product(loss, params, probe)):
             p.grad = hv if p.grad is None else p.grad.add_(hv)
     torch._foreach_mul_([p.grad for p in params], probe)  # u = +-1: exact, so before or after averaging
-    fold_in_estimate(optimizer, params, loss_scale=loss_scale)
-    return 1
+    fold_in_estimate(optimizer, params, bs=1, loss_scale=loss_scale)

@@ -1,5 +1,5 @@
 # The paper's GPT-2 medium (355M) run with Sophia-G (Liu et al. 2023), values as in the official repository
-# (github.com/Liuhong99/Sophia). Shared by every paper config and set by configurator.py's defaults:
+# (github.com/Liuhong99/Sophia). Shared by every paper config and set by training/config.py's defaults:
 # OpenWebText, 480 sequences x 1024 tokens per iteration (batch_size is per GPU; accumulation =
 # 480 / (batch_size * GPUs)), 100k iterations, 2k warmup then cosine decay to min_lr, gradient
 # clipping 1.0, evaluation every 1000 iterations over 200 batches, no bias, no dropout, attention

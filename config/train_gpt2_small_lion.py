@@ -1,5 +1,5 @@
 # GPT-2 small (125M) with Lion, a baseline in the paper (Liu et al. 2023).
-# Shared with every paper config (configurator.py's defaults): OpenWebText, 480 sequences x 1024
+# Shared with every paper config (training/config.py's defaults): OpenWebText, 480 sequences x 1024
 # tokens per iteration, 100k iterations, 2k warmup then cosine decay to min_lr, gradient clipping 1.0,
 # evaluation every 1000 iterations over 200 batches, no bias, no dropout, inverse-layer attention scaling.
 # Lion: the paper's betas (0.95, 0.98) and peak lr 1e-4 for 125M; weight decay 1.0 keeps lr * wd near
@@ -14,7 +14,7 @@ wandb_run_name = 'gpt2-small-lion'
 n_layer = 12
 n_head = 12
 n_embd = 768
-batch_size = 30  # per GPU: the fastest measured on an H100 (README, Performance), ~21 GiB; 12 needs ~10 GiB
+batch_size = 30  # per GPU: the fastest measured on an H100 (docs/performance.md), ~21 GiB; 12 needs ~10 GiB
 
 optimizer_name = 'lion'
 learning_rate = 0.0001

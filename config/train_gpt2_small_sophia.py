@@ -1,5 +1,5 @@
 # The paper's GPT-2 small (125M) run with Sophia-G (Liu et al. 2023), values as in the official repository
-# (github.com/Liuhong99/Sophia). Shared by every paper config and set by configurator.py's defaults:
+# (github.com/Liuhong99/Sophia). Shared by every paper config and set by training/config.py's defaults:
 # OpenWebText, 480 sequences x 1024 tokens per iteration (batch_size is per GPU; accumulation =
 # 480 / (batch_size * GPUs)), 100k iterations, 2k warmup then cosine decay to min_lr, gradient
 # clipping 1.0, evaluation every 1000 iterations over 200 batches, no bias, no dropout, attention
@@ -13,7 +13,7 @@ wandb_run_name = 'gpt2-small-sophiag'
 n_layer = 12
 n_head = 12
 n_embd = 768
-batch_size = 30  # per GPU: the fastest measured on an H100 (README, Performance), ~21 GiB; 12 needs ~10 GiB
+batch_size = 30  # per GPU: the fastest measured on an H100 (docs/performance.md), ~21 GiB; 12 needs ~10 GiB
 
 optimizer_name = 'sophiag'
 learning_rate = 0.0006

@@ -1,5 +1,5 @@
 # GPT-2 small (125M) with Sophia-H, the paper's Hutchinson variant (Liu et al. 2023).
-# Shared with every paper config (configurator.py's defaults): OpenWebText, 480 sequences x 1024
+# Shared with every paper config (training/config.py's defaults): OpenWebText, 480 sequences x 1024
 # tokens per iteration, 100k iterations, 2k warmup then cosine decay to min_lr, gradient clipping 1.0,
 # evaluation every 1000 iterations over 200 batches, no bias, no dropout, inverse-layer attention scaling.
 # Sophia-H (Hutchinson): the official repository never released it for GPT-2. Its h is u * (H u) of the

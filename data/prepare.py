@@ -31,7 +31,7 @@ from datasets import Dataset, Features, List, Value
 from tqdm import tqdm
 
 from data.tokens import write_meta, write_tokens
-from tokenizer import EOT, N_VOCAB, gpt2_encoding
+from training.tokenizer import EOT, N_VOCAB, gpt2_encoding
 
 SEED = 2357  # nanoGPT's and the Sophia repository's split seed
 DOCS_PER_WRITE = 1024

@@ -2,15 +2,15 @@
 
 A dataset folder data/<name>/ holds train.bin and val.bin, each a flat array of little-endian uint16
 GPT-2 token ids with <|endoftext|> (50256) after every document, plus meta.json describing them.
-train.py imports this module, so it needs only the standard library and numpy.
+train.py imports this module, so it needs only the standard library, numpy and training/files.py.
 """
-import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from collections.abc import Iterable
 
 import numpy as np
+
+from training.files import atomic_write
 
 DTYPE = np.dtype("<u2")  # little-endian uint16 on any host
 META_FILE = "meta.json"
@@ -31,30 +31,6 @@ def prepare_command(data_dir: str) -> str:
 
 def dataset_error(path: str, problem: str) -> DatasetError:
     return DatasetError(f"{path} {problem}; make it with `{prepare_command(os.path.dirname(path))}`")
-
-
-@contextlib.contextmanager
-def atomic_write(path: str) -> Iterator[BinaryIO]:
-    """Write to a temporary file beside path and rename it to path only once it is complete and on disk,
-    so a crash never leaves a truncated file under the real name (an existing file stays as it was). The
-    temporary name is the process's own: processes writing the same file at once (bench.py under
-    torchrun) each rename a whole one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    # make the rename itself durable
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def as_tokens(batch: np.ndarray | list[int]) -> np.ndarray:

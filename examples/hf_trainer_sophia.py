@@ -41,17 +41,15 @@ scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=5, num_t
 class SophiaRefresh(TrainerCallback):
     """After every K-th optimizer step (the official order: step, then refresh), fold a fresh Gauss-Newton-
     Bartlett estimate into the Hessian EMA. The Trainer has already zeroed the gradients by on_step_end,
-    and gnb_refresh clears the ones it makes, so the next training backward starts clean."""
+    and gnb_refresh clears the ones it makes, so the next training backward starts clean. It also leaves the
+    optimizer the number of tokens behind the estimate, the bs of its steps (the Trainer calls step())."""
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % K == 0:
             # `optimizer` is our SophiaG, not the kwargs' one (accelerate's wrapper, without update_hessian);
             # the plain `model`, not a wrapper the Trainer may have made.
-            bs = gnb_refresh(optimizer, lambda x: model(input_ids=x).logits, [counting(BATCH)],
-                             max_norm=args.max_grad_norm, seed=state.global_step)
-            # step(bs=...) wants the tokens behind the estimate, but the Trainer calls optimizer.step()
-            # without arguments, and step() then uses `default_bs`: set it on this instance.
-            optimizer.default_bs = bs
+            gnb_refresh(optimizer, lambda x: model(input_ids=x).logits, [counting(BATCH)],
+                        max_norm=args.max_grad_norm, seed=state.global_step)
 
 
 with tempfile.TemporaryDirectory() as output_dir:
@@ -66,4 +64,4 @@ losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
 stats = optimizer.diagnostics()
 print(f"first loss {losses[0]:.3f}, last loss {losses[-1]:.3f}")
 print(f"hessian refreshes {optimizer.param_groups[0].get('hessian_updates', 0)}, "
-      f"win rate {stats['train/win_rate'].item():.3f}, bs {optimizer.default_bs}")
+      f"win rate {stats['train/win_rate'].item():.3f}, bs {optimizer.hessian_bs(optimizer.param_groups[0])}")

@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kernels import OUTPUT_LAYERS, installed, torch_linear_cross_entropy  # noqa: E402
+from training.kernels import OUTPUT_LAYERS, installed, torch_linear_cross_entropy  # noqa: E402
 
 
 def inputs(seed, tokens=16384, width=768, vocab=50304, device="cuda"):

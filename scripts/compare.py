@@ -39,8 +39,9 @@ import sys
 from functools import cached_property
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from configurator import Config  # noqa: E402
-from metrics import MetricsError, read_metrics  # noqa: E402
+from training.config import Config  # noqa: E402
+from training.metrics import MetricsError, read_metrics  # noqa: E402
+from training.rundir import RunDir  # noqa: E402
 
 import matplotlib
 
@@ -96,7 +97,7 @@ def columns(records, fields):
 def metrics_path(path):
     """The metrics.jsonl of an out_dir, or the path itself if it is a file; None if neither exists."""
     if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
+        path = RunDir(path).metrics
     return path if os.path.isfile(path) else None
 
 
@@ -322,7 +323,7 @@ def schedule_speedup(lengths, final_loss, max_iters):
 
 # ----------------------------------------------------------------------------- the decision rule
 
-# Stated before the final runs of the tuned protocol (README, "The decision rule"), on the schedule-matched
+# Stated before the final runs of the tuned protocol (docs/studies.md, "The decision rule"), on the schedule-matched
 # step speedup S and its 95% interval [low, high] over seeds:
 REPRODUCES = 1.5  # low >= 1.5: "reproduces the 2x claim at this scale"
 GAIN = 1.1  # high < 1.1: "no gain"; low >= 1.1 and high < 1.5: "a smaller gain"; else "inconclusive"

@@ -20,23 +20,24 @@ from torch._dynamo.utils import counters
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import make_synthetic_dataset, parse_settings, row_config, timed  # noqa: E402
-from train import Trainer, init_distributed  # noqa: E402
+from train import build  # noqa: E402
+from training.distributed import init_distributed  # noqa: E402
 
 
-def report(trainer, iteration, what, seconds):
-    print(f"rank {trainer.dist.rank} iter {iteration} {what} {1000 * seconds:.1f} ms "
+def report(run, iteration, what, seconds):
+    print(f"rank {run.dist.rank} iter {iteration} {what} {1000 * seconds:.1f} ms "
           f"graphs {counters['stats']['unique_graphs']}", file=sys.stderr, flush=True)
 
 
-def time_each_call(trainer, owner, name):
+def time_each_call(run, owner, name):
     """Replace owner.<name> by a copy that reports each call's time."""
     fn = getattr(owner, name)
 
     @functools.wraps(fn)
     def timed_fn(*args, **kwargs):
         out = []
-        seconds = timed(lambda: out.append(fn(*args, **kwargs)), trainer.dist.device)
-        report(trainer, trainer.iter_num, name, seconds)
+        seconds = timed(lambda: out.append(fn(*args, **kwargs)), run.dist.device)
+        report(run, run.progress.iter_num, name, seconds)
         return out[0]
 
     setattr(owner, name, timed_fn)
@@ -46,11 +47,11 @@ def main(argv):
     iterations = int(argv[0]) if argv else 35
     overrides = parse_settings([arg.removeprefix("--") for arg in argv[1:]])
     cfg, dist = init_distributed(row_config("small", "sophiag", {"dataset": make_synthetic_dataset(), **overrides}))
-    trainer = Trainer(cfg, dist)
-    time_each_call(trainer, trainer, "refresh")
-    time_each_call(trainer, trainer.optimizer, "update_hessian")
+    run = build(cfg, dist)
+    time_each_call(run, run.step, "refresh")
+    time_each_call(run, run.optimizer, "update_hessian")
     for i in range(iterations):
-        report(trainer, i, "total", timed(trainer.train_iteration, dist.device))
+        report(run, i, "total", timed(run.iteration, dist.device))
 
 
 if __name__ == "__main__":

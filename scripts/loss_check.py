@@ -19,7 +19,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from metrics import read_metrics  # noqa: E402
+from training.metrics import read_metrics  # noqa: E402
+from training.rundir import RunDir  # noqa: E402
 
 CONFIGS = {"adamw": "config/train_gpt2_small_adam.py", "sophiag": "config/train_gpt2_small_sophia.py"}
 SHORT_RUN = ["--dataset=enwiki", "--total_bs=16", "--batch_size=16", "--max_iters=300", "--warmup_iters=30",
@@ -38,7 +39,7 @@ def runs(variants):
 
 
 def val_curve(run_dir):
-    return {r["iter"]: r["val/loss"] for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "val/loss" in r}
+    return {r["iter"]: r["val/loss"] for r in read_metrics(RunDir(run_dir).metrics) if "val/loss" in r}
 
 
 def report(out, names):

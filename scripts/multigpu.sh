@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The multi-GPU checks of results/multigpu/ (README, "Multi-GPU and multi-node"), on one host with 2 GPUs:
+# The multi-GPU checks of results/multigpu/ (docs/multi-gpu.md), on one host with 2 GPUs:
 #
 #   bash scripts/multigpu.sh equivalence-1gpu adamw 0   # one GPU (here GPU 0): the reference curve
 #   bash scripts/multigpu.sh equivalence-1gpu adamw 0 15  # the control: micro-batch 15 instead of 30

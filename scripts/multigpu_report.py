@@ -13,7 +13,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from metrics import read_metrics  # noqa: E402
+from training.metrics import read_metrics  # noqa: E402
 
 OPTIMIZERS = ("adamw", "sophiag")
 

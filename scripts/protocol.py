@@ -30,7 +30,7 @@ Studies (--study):
   gpt2small   GPT-2 small (124M; config/study_gpt2_small.py), 128 x 1024 = 131k tokens per iteration,
               T = 1000. Tuning: AdamW lr x warmup, Sophia-G lr x warmup at rho 0.05, then rho. Finals on
               seeds 3001-3003 at T: AdamW, Sophia-G, sign momentum at Sophia-G's tuned lr and warmup; then
-              AdamW at T/2 or 2T by the sequential rule (README); Sophia-G in the win_rate band if its tuned
+              AdamW at T/2 or 2T by the sequential rule (docs/studies.md); Sophia-G in the win_rate band if its tuned
               rho is outside it; one pair without the attention's inverse-layer scaling; Lion last.
 
 Each run's metrics.jsonl is copied to results/<study>/<run>/ (commit them: they are the studies' memory
@@ -54,7 +54,9 @@ from dataclasses import dataclass, replace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for train.py
 
-from metrics import read_metrics  # noqa: E402
+from training.config import paper_config  # noqa: E402
+from training.metrics import read_metrics  # noqa: E402
+from training.rundir import RunDir  # noqa: E402
 
 # The axes every tuning searches, in order, with their limits.
 WARMUPS = (1 / 24, 1 / 12, 1 / 4, 1 / 2, 3 / 4, 7 / 8, 1)  # fraction of the run's length (1: no decay)
@@ -139,9 +141,7 @@ class Run:
             settings["overwrite"] = True
         if self.rho is not None:
             settings["rho"] = self.rho
-        from optimizers import OPTIMIZERS  # here: the planner itself needs no torch
-
-        return [OPTIMIZERS[self.optimizer].paper_config(), study.scale_config,
+        return [paper_config(self.optimizer), study.scale_config,
                 *(f"--{k}={v}" for k, v in settings.items())]
 
 
@@ -342,7 +342,7 @@ def result_dir(study, run):
 
 
 def records(study, run):
-    path = os.path.join(result_dir(study, run), "metrics.jsonl")
+    path = RunDir(result_dir(study, run)).metrics
     return read_metrics(path) if os.path.exists(path) else []
 
 
@@ -357,7 +357,7 @@ def final_loss(study, name):
     folder = os.path.join(study.results, name)
     if os.path.exists(os.path.join(folder, "failed")):
         return math.inf
-    path = os.path.join(folder, "metrics.jsonl")
+    path = RunDir(folder).metrics
     if not os.path.exists(path):
         return None
     records = read_metrics(path)
@@ -378,7 +378,7 @@ def seconds_per_iter(study, optimizer):
     """The slowest median seconds per iteration of this optimizer's runs so far (or the study's guess)."""
     rates = []
     for name in os.listdir(study.results) if os.path.isdir(study.results) else ():
-        path = os.path.join(study.results, name, "metrics.jsonl")
+        path = RunDir(os.path.join(study.results, name)).metrics
         if name.startswith(optimizer + "-") and os.path.exists(path):
             ms = sorted(r["ms_per_iter"] for r in read_metrics(path) if "ms_per_iter" in r)
             rates += [ms[len(ms) // 2] / 1000] if ms else []
@@ -403,7 +403,8 @@ def execute(study, run, deadline):
     import torch
     import train
 
-    resume = os.path.exists(os.path.join(study.out, run.name, "ckpt.pt"))
+    run_dir = RunDir(os.path.join(study.out, run.name))
+    resume = os.path.exists(run_dir.checkpoint)
     print(f"== {run.name} ({run.phase}{', resuming' if resume else ''})", flush=True)
     alarm = None
     if math.isfinite(deadline):
@@ -422,9 +423,8 @@ def execute(study, run, deadline):
             torch.cuda.empty_cache()
     folder = result_dir(study, run)
     os.makedirs(folder, exist_ok=True)
-    metrics = os.path.join(study.out, run.name, "metrics.jsonl")
-    if os.path.exists(metrics):
-        shutil.copy(metrics, os.path.join(folder, "metrics.jsonl"))
+    if os.path.exists(run_dir.metrics):
+        shutil.copy(run_dir.metrics, RunDir(folder).metrics)
     if failure:
         with open(os.path.join(folder, "failed"), "w") as f:
             f.write(failure + "\n")

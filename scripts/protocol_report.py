@@ -6,7 +6,7 @@ said so.
     python scripts/protocol_report.py
 
 - tuned (30M, 32k tokens per step): tuning heatmaps, loss curves, the schedule-matched speedup with its
-  interval and the verdict under the rule stated in advance (README), the sign-momentum control, the
+  interval and the verdict under the rule stated in advance (docs/studies.md), the sign-momentum control, the
   official AdamW baseline, the variants, the diagnostics: results/tuned_report.md, tuned_*.png.
 - inband: the paired Hessian control where Sophia-G's win_rate is in the band: results/inband_report.md.
 - bridge131k, gpt2small: tuning, finals, speedup and verdict, the paired Hessian control, clip rates, (124M)
@@ -24,13 +24,10 @@ import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
 import compare  # noqa: E402
 import protocol  # noqa: E402
-from metrics import read_metrics  # noqa: E402
 
 import matplotlib  # noqa: E402
 

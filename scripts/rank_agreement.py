@@ -20,22 +20,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import train  # noqa: E402
 
 
-def flat_states(trainer):
+def flat_states(run):
     """{name: one flat tensor}: the parameters and each per-parameter optimizer state (e.g. exp_avg,
     hessian), in the parameters' order."""
-    params = list(trainer.model.parameters())
+    params = list(run.network.model.parameters())
     states = {"parameters": [p.detach() for p in params]}
     for p in params:
-        for key, value in trainer.optimizer.state[p].items():
+        for key, value in run.optimizer.state[p].items():
             if torch.is_tensor(value) and value.shape == p.shape:
                 states.setdefault(key, []).append(value)
     return {name: torch.cat([t.flatten().float() for t in tensors]) for name, tensors in states.items()}
 
 
-def compare_ranks(trainer, dist):
+def compare_ranks(run):
     """Gather each state from every rank onto rank 0's view and report; True if all agree."""
-    agree = True
-    for name, tensor in flat_states(trainer).items():
+    agree, dist = True, run.dist
+    for name, tensor in flat_states(run).items():
         gathered = [torch.empty_like(tensor) for _ in range(dist.world_size)]
         torch_dist.all_gather(gathered, tensor)
         worst = max((other - gathered[0]).abs().max().item() for other in gathered[1:])
@@ -51,10 +51,10 @@ def compare_ranks(trainer, dist):
 def main():
     verdict = {}
 
-    def check(trainer, dist):
-        if dist.world_size < 2:
+    def check(run):
+        if run.dist.world_size < 2:
             raise SystemExit("error: run this under torchrun with 2 or more processes (--nproc_per_node=2)")
-        verdict["agree"] = compare_ranks(trainer, dist)
+        verdict["agree"] = compare_ranks(run)
 
     train.main(sys.argv[1:], then=check)
     if not verdict["agree"]:

@@ -6,13 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
-
 import pytest
 import torch
 
 from bench import BENCH_SETTINGS, parse_row, row_config
-from configurator import ConfigError, load_config
 from data.tokens import write_tokens
+from training.config import ConfigError, load_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

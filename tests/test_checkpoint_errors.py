@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_ADVICE = ("weights_only", "Re-running", "PyTorch 2.6")  # torch's hint to load unsafely, so the file can run code

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from configurator import make_config
+from training.config import make_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS_PER_ITER = 4 * 32  # total_bs x block_size of the synthetic runs
@@ -279,7 +279,7 @@ def test_verdict_on_each_range_and_its_boundaries(low, high, expected):
 
 def test_verdict_over_every_interval_of_hand_picked_ends():
     """Every interval [low, high] with ends among values at, just below and around the thresholds, against
-    the rule as the README states it."""
+    the rule as docs/studies.md states it."""
     ends = (0.5, 1.0, 1.0999, 1.1, 1.1001, 1.3, 1.4999, 1.5, 1.5001, 2.0, 3.0)
     checked = 0
     for low in ends:

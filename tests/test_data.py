@@ -10,9 +10,21 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from data.prepare import load_documents, read_documents, split_train_val, tokenize_and_write
-from data.tokens import DatasetError, check_tokens, open_split, read_meta, write_meta, write_tokens
-from tokenizer import EOT, N_VOCAB, gpt2_encoding
+from data.prepare import (
+    load_documents,
+    read_documents,
+    split_train_val,
+    tokenize_and_write,
+)
+from data.tokens import (
+    DatasetError,
+    check_tokens,
+    open_split,
+    read_meta,
+    write_meta,
+    write_tokens,
+)
+from training.tokenizer import EOT, N_VOCAB, gpt2_encoding
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["Hello world", "A second document.\n\nWith two paragraphs.", "", "ünïcödé 中文 😀", "  spaces  "]

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from metrics import read_metrics
+from training.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

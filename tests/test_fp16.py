@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
+from conftest import args, records, run_main
 
-from checkpoint import load_checkpoint
 from sophia import SophiaG, fold_in_estimate
-from test_train import args, records, run_main
+from training.checkpoint import load_checkpoint
 
 
 def test_a_scaled_estimate_is_unscaled_before_it_is_folded_in():

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 import train
-from metrics import read_metrics
+from training.metrics import read_metrics
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 BASE = dict(dataset="tiny", device="cpu", dtype="float32", compile=False, n_layer=2, n_head=2, n_embd=32,
             block_size=32, batch_size=2, total_bs=4, eval_iters=2, eval_interval=10, log_interval=1,
-            learning_rate=1e-3, min_lr=1e-4, warmup_iters=3, lr_decay_iters=30, max_iters=30, hess_interval=3)
+            learning_rate=1e-3, min_lr=1e-4, warmup_iters=3, lr_decay_iters=30, max_iters=30, hess_interval=3,
+            rho=0.05)  # set: the default is each optimizer's own since issue 24 (it was 0.05 for both)
 RUNS = {
     "adamw": dict(optimizer_name="adamw"),
     "lion": dict(optimizer_name="lion"),

@@ -29,18 +29,35 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import (
+    args,
+    chi_square_quantile,
+    chi_square_statistic,
+    fails_cleanly,
+    run_main,
+    tiny_config,
+)
 
-import kernels
 import sophia
 import train
-from checkpoint import load_checkpoint
-from kernels import OUTPUT_LAYERS, check_fp8, check_output_layer, torch_linear_cross_entropy
-from metrics import read_metrics
+import training.distributed
+import training.kernels as kernels
 from model import GPT, GPTConfig
-from sophia import sample_from_linear, sample_from_logits, sampled_cross_entropy, sampled_linear_cross_entropy
-from test_run_safety import fails_cleanly
-from test_sophia import chi_square_quantile, chi_square_statistic
-from test_train import args, run_main, tiny_config
+from sophia import (
+    sample_from_linear,
+    sample_from_logits,
+    sampled_cross_entropy,
+    sampled_linear_cross_entropy,
+)
+from training.checkpoint import load_checkpoint
+from training.distributed import init_distributed
+from training.kernels import (
+    OUTPUT_LAYERS,
+    check_fp8,
+    check_output_layer,
+    torch_linear_cross_entropy,
+)
+from training.metrics import read_metrics
 
 F64 = torch.float64
 
@@ -265,7 +282,7 @@ def test_kernels_on_the_cpu_are_one_line_errors_and_write_nothing(overrides, nam
 
 def test_fp8_with_sophia_h_is_one_line(data_root, tmp_path, capsys, monkeypatch):
     """Where fp8 could run (the check passes: a stand-in here), Sophia-H's double backward still cannot."""
-    monkeypatch.setattr(train, "check_fp8", lambda device: None)
+    monkeypatch.setattr(training.distributed, "check_fp8", lambda device: None)
     out = tmp_path / "out"
     message = fails_cleanly(args(out_dir=out, max_iters=2, fp8=True, optimizer_name="sophiah"), data_root, capsys)
     assert "Sophia-H" in message and not out.exists()
@@ -321,28 +338,32 @@ ITERS, HESS_INTERVAL = 4, 2  # refreshes after iterations 2 and 4
 def train_tiny(data_root, tmp_path, monkeypatch, output_layer, **overrides):
     """ITERS iterations of TINY (2 micro-batches of 2 sequences per iteration and per refresh), with dropout
     on, with `output_layer` written into the resolved config (as init_distributed would, had it been a choice).
-    Returns the losses, the Hessian EMAs, the final parameters, the trainer, how often lm_head (the reference
+    Returns the losses, the Hessian EMAs, the final parameters, the run, how often lm_head (the reference
     path's output layer module) ran, and the StandIn calls made inside the refreshes."""
     monkeypatch.chdir(data_root)
-    cfg, dist = train.init_distributed(tiny_config(out_dir=str(tmp_path / output_layer), hess_interval=HESS_INTERVAL,
-                                                   dropout=0.1, output_layer="torch", **overrides))
+    cfg, dist = init_distributed(tiny_config(out_dir=str(tmp_path / output_layer), hess_interval=HESS_INTERVAL,
+                                             dropout=0.1, output_layer="torch", **overrides))
     assert (cfg.gradient_accumulation_steps, cfg.hess_accumulation_steps) == (2, 2)
-    trainer = train.Trainer(dataclasses.replace(cfg, output_layer=output_layer), dist)
+    run = train.build(dataclasses.replace(cfg, output_layer=output_layer), dist)
     lm_head_calls = []
-    trainer.model.lm_head.register_forward_hook(lambda *a: lm_head_calls.append(1))
+    run.network.model.lm_head.register_forward_hook(lambda *a: lm_head_calls.append(1))
     stand_in = OUTPUT_LAYERS[output_layer][0]
-    in_refresh, refresh = [], trainer.refresh
+    in_refresh, refresh = [], run.step.refresh
 
-    def counting_refresh():
-        before = getattr(stand_in, "calls", 0)
-        refresh()
-        in_refresh.append(getattr(stand_in, "calls", 0) - before)
+    class CountingRefresh:
+        def __getattr__(self, name):
+            return getattr(refresh, name)
 
-    trainer.refresh = counting_refresh
-    losses = [trainer.train_iteration().item() for _ in range(ITERS)]
-    params = list(trainer.model.parameters())
-    hessians = [trainer.optimizer.state[p]["hessian"].clone() for p in params]
-    return dict(losses=losses, hessians=hessians, params=[p.detach().clone() for p in params], trainer=trainer,
+        def __call__(self, steps):
+            before = getattr(stand_in, "calls", 0)
+            refresh(steps)
+            in_refresh.append(getattr(stand_in, "calls", 0) - before)
+
+    run.step.refresh = CountingRefresh()
+    losses = [run.iteration().item() for _ in range(ITERS)]
+    params = list(run.network.model.parameters())
+    hessians = [run.optimizer.state[p]["hessian"].clone() for p in params]
+    return dict(losses=losses, hessians=hessians, params=[p.detach().clone() for p in params], run=run,
                 lm_head_calls=len(lm_head_calls), in_refresh=in_refresh)
 
 
@@ -352,7 +373,7 @@ def assert_same_training(fused, reference):
     assert fused["losses"] == reference["losses"] and all(math.isfinite(x) for x in fused["losses"])
     assert len(set(fused["losses"])) == ITERS
     for run in (fused, reference):
-        assert all(g["hessian_updates"] == ITERS // HESS_INTERVAL for g in run["trainer"].optimizer.param_groups)
+        assert all(g["hessian_updates"] == ITERS // HESS_INTERVAL for g in run["run"].optimizer.param_groups)
     assert sum(h.abs().sum() for h in reference["hessians"]) > 0
     assert all(torch.equal(a, b) for a, b in zip(fused["hessians"], reference["hessians"]))
     assert all(torch.equal(a, b) for a, b in zip(fused["params"], reference["params"]))
@@ -367,11 +388,11 @@ def test_sophia_g_with_a_fused_output_layer_trains_as_with_torch(gnb_batch, cpu_
     forward passes (gnb_batch='train'); lm_head never ran as a module, and the reference run never sampled
     from hidden states."""
     reference = train_tiny(data_root, tmp_path, monkeypatch, "torch", gnb_batch=gnb_batch)
-    assert reference["trainer"].model.fused_loss is None and reference["lm_head_calls"] > 0
+    assert reference["run"].network.model.fused_loss is None and reference["lm_head_calls"] > 0
     assert cpu_fused.calls == 0 and count_sample_from_linear == []
 
     fused = train_tiny(data_root, tmp_path, monkeypatch, "cpu_fused", gnb_batch=gnb_batch)
-    assert fused["trainer"].model.fused_loss is cpu_fused
+    assert fused["run"].network.model.fused_loss is cpu_fused
     refreshes = ITERS // HESS_INTERVAL
     assert cpu_fused.calls == 2 * ITERS + 2 * refreshes
     assert len(count_sample_from_linear) == 2 * refreshes
@@ -386,7 +407,7 @@ def test_sophia_h_with_a_fused_output_layer_refreshes_through_the_logits(cpu_fus
     lack) never calls the fused function; the training is the same as with output_layer='torch'."""
     reference = train_tiny(data_root, tmp_path, monkeypatch, "torch", optimizer_name="sophiah")
     fused = train_tiny(data_root, tmp_path, monkeypatch, "cpu_fused", optimizer_name="sophiah")
-    assert fused["trainer"].model.fused_loss is cpu_fused
+    assert fused["run"].network.model.fused_loss is cpu_fused
     assert cpu_fused.calls == 2 * ITERS  # the training micro-batches only
     assert fused["in_refresh"] == [0] * (ITERS // HESS_INTERVAL)
     assert count_sample_from_linear == []

@@ -1,14 +1,13 @@
 """scripts/multigpu_report.py: its arithmetic on made-up runs, and the committed results/multigpu/ summary and
-README figures are what it computes from the committed logs and metrics."""
+docs/multi-gpu.md figures are what it computes from the committed logs and metrics."""
 
 import json
 import os
 import shutil
-import sys
+
+import multigpu_report
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-import multigpu_report  # noqa: E402
 
 COMMITTED = os.path.join(REPO_ROOT, "results", "multigpu")
 
@@ -74,7 +73,7 @@ def test_the_committed_summary_is_what_the_committed_results_give(tmp_path):
     shutil.copytree(COMMITTED, copy)
     multigpu_report.main([str(copy)])
     assert (copy / "summary.md").read_text() == open(os.path.join(COMMITTED, "summary.md")).read()
-    readme = open(os.path.join(REPO_ROOT, "README.md")).read()
+    readme = open(os.path.join(REPO_ROOT, "docs", "multi-gpu.md")).read()
     summary = (copy / "summary.md").read_text()
     for figure in ("0.0096", "0.0033", "0.0082", "0.0024", "6.3830 / 6.3775", "6.9045 / 6.9021", "511,805", "949,762",
                    "465,221", "865,207", "508,166", "987,718", "97.2%", "456,807", "896,336", "98.1%", "196,790",

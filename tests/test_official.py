@@ -8,14 +8,21 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import (
+    argmax_continuation,
+    args,
+    one_error_line,
+    run_main,
+    run_sample,
+    run_train_subprocess,
+)
 
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from configurator import OFFICIAL_KEYS, ConfigError, load_config, make_config
-from model import GPT, GPTConfig
-from test_sample import argmax_continuation, run_sample
 import train
-from test_train import args, one_error_line, run_main, run_train_subprocess
-from tokenizer import EOT, gpt2_encoding
+from model import GPT, GPTConfig
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.config import OFFICIAL_KEYS, ConfigError, load_config, make_config
+from training.distributed import init_distributed
+from training.tokenizer import EOT, gpt2_encoding
 
 # config/train_gpt2_small_sophiag.py of the official repository (comments reworded)
 OFFICIAL_SMALL_SOPHIAG = """\
@@ -241,10 +248,10 @@ def test_train_py_fine_tunes_from_an_official_checkpoint(data_root, tmp_path, mo
     shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, scale_attn_by_inverse_layer_idx=True)
     monkeypatch.chdir(data_root)
     cfg = load_config(args(out_dir=tmp_path / "out", init_from=str(path), max_iters=2, **shape))
-    trainer = train.Trainer(*train.init_distributed(cfg))
-    assert trainer.iter_num == 0 and not trainer.optimizer.state
+    run = train.build(*init_distributed(cfg))
+    assert run.progress.iter_num == 0 and not run.optimizer.state
     for name, tensor in model.state_dict().items():
-        assert torch.equal(trainer.model.state_dict()[name], tensor), name
+        assert torch.equal(run.network.model.state_dict()[name], tensor), name
 
     run_main(args(out_dir=tmp_path / "out", init_from=str(path), max_iters=2, **shape), data_root)
     assert load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))["iter_num"] == 2

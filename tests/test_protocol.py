@@ -32,18 +32,16 @@ import pickle
 import queue
 import re
 import signal
-import sys
 import threading
 
 import numpy as np
+import protocol_report
 import pytest
-
-from configurator import load_config, make_config
 from conftest import write_tiny_dataset
 
+from training.config import load_config, make_config
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-import protocol_report  # noqa: E402
 
 protocol = protocol_report.protocol  # the same modules the report uses, so that monkeypatches reach it
 compare = protocol_report.compare
@@ -1110,15 +1108,15 @@ def test_the_committed_results_give_the_reported_verdict(committed):
         in report
 
 
-def test_the_readme_states_the_computed_verdict(committed):
-    """The README's result of the tuned protocol states the computed verdict, S and its interval, and no other
+def test_the_studies_page_states_the_computed_verdict(committed):
+    """docs/studies.md's result of the tuned protocol states the computed verdict, S and its interval, and no other
     verdict (skipped while it says that the runs are in progress)."""
     s = committed[-1]
-    readme = open(os.path.join(REPO_ROOT, "README.md")).read()
+    readme = open(os.path.join(REPO_ROOT, "docs", "studies.md")).read()
     section = readme.split("## Result: the tuned small-scale protocol")[1].split("\n## ")[0]
     measured = section.split("### What we measured")[1].split("\n### ")[0]
     if "(The runs are in progress" in measured:
-        pytest.skip("the README's result of the tuned protocol is not filled in yet")
+        pytest.skip("docs/studies.md's result of the tuned protocol is not filled in yet")
     verdict = compare.verdict(s["low"], s["high"])
     assert f"**Verdict, under the rule above: {verdict}.**" in measured
     assert not [v for v in VERDICTS if v != verdict and v in measured]

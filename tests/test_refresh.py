@@ -4,8 +4,8 @@ sampled_gradient with fold_in_estimate, and hutchinson_refresh.
 
 What is covered:
 - gnb_refresh against a hand computation: per-micro-batch seeds (labels and dropout), the 1/n scaling of
-  each micro-batch, the global-norm clip, h = (1 - beta2) * g_hat^2; its return value (tokens), p.grad
-  cleared afterwards, one refresh counted in every parameter group; a seeded refresh leaves the global
+  each micro-batch, the global-norm clip, h = (1 - beta2) * g_hat^2; the bs it leaves the optimizer (the
+  tokens behind the estimate), p.grad cleared afterwards, one refresh counted in every parameter group; a seeded refresh leaves the global
   generator as it was;
 - unseeded, n micro-batches give the estimate of their concatenation (the labels drawn are the same);
 - the train-batch variant (sampled_gradient summed over micro-batches, then fold_in_estimate) gives the
@@ -24,13 +24,23 @@ import os
 
 import pytest
 import torch
+from conftest import GLOO, torchrun
 from torch.func import functional_call
 
 import sophia
 from model import GPT, GPTConfig
-from sophia import (SophiaG, SophiaH, fold_in_estimate, gnb_refresh, hutchinson_refresh, micro_batch_seed,
-                    rademacher_like, sampled_cross_entropy, sampled_gradient, seeded)
-from test_train import GLOO, torchrun
+from sophia import (
+    SophiaG,
+    SophiaH,
+    fold_in_estimate,
+    gnb_refresh,
+    hutchinson_refresh,
+    micro_batch_seed,
+    rademacher_like,
+    sampled_cross_entropy,
+    sampled_gradient,
+    seeded,
+)
 
 B, T, V = 2, 16, 64  # sequences per micro-batch, their length, vocabulary size
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -112,10 +122,10 @@ def test_gnb_refresh_by_hand(max_norm):
         assert norm > 2 * max_norm  # the clip is exercised
     expected = [(1 - beta2) * g * g for g in expected]
 
-    tokens = gnb_refresh(optimizer, logits_of(model), inputs, max_norm=max_norm, seed=seed)
+    gnb_refresh(optimizer, logits_of(model), inputs, max_norm=max_norm, seed=seed)
 
     assert_rel_close(hessians(optimizer, params), expected, 1e-5)
-    assert tokens == len(inputs) * B * T
+    assert [g["hessian_bs"] for g in optimizer.param_groups] == [len(inputs) * B * T] * 2  # the steps' bs
     assert all(p.grad is None for p in params)  # the next training backward starts from nothing
     assert [g["hessian_updates"] for g in optimizer.param_groups] == [1, 1]
 
@@ -167,8 +177,9 @@ def test_unseeded_micro_batches_equal_their_concatenation(monkeypatch):
         optimizer = SophiaG(model.parameters())
         drawn.clear()
         torch.manual_seed(0)
-        tokens = gnb_refresh(optimizer, logits_of(model), micro_batches)
-        results.append((hessians(optimizer, list(model.parameters())), torch.cat(drawn), tokens))
+        gnb_refresh(optimizer, logits_of(model), micro_batches)
+        results.append((hessians(optimizer, list(model.parameters())), torch.cat(drawn),
+                        optimizer.param_groups[0]["hessian_bs"]))
     (split, split_labels, split_tokens), (whole, whole_labels, whole_tokens) = results
 
     assert split_labels.shape == (4 * B * T,)
@@ -242,14 +253,13 @@ def test_hutchinson_refresh_by_hand():
     with model.twice_differentiable():  # SDPA has no double backward
         probe = rademacher_like(params, torch.Generator().manual_seed(3))
         expected = [(1 - beta2) * e for e in hutchinson_by_hand(model, batches, probe)]
-        bs = hutchinson_refresh(optimizer, data_loss_of(model), batches,
-                                generator=torch.Generator().manual_seed(3))
+        hutchinson_refresh(optimizer, data_loss_of(model), batches, generator=torch.Generator().manual_seed(3))
 
     assert all(set(u.unique().tolist()) == {-1.0, 1.0} for u in probe if u.numel() > 1)
     h = hessians(optimizer, params)
     assert_rel_close(h, expected, 1e-5)
     assert any((t < 0).any() for t in h)
-    assert bs == 1
+    assert optimizer.param_groups[0]["hessian_bs"] == 1
     assert all(p.grad is None for p in params)
     assert optimizer.param_groups[0]["hessian_updates"] == 1
 
@@ -274,9 +284,9 @@ def both_refreshes(rank, world_size):
 
     for key, max_norm in (("gnb", None), ("gnb_clipped", DDP_MAX_NORM)):
         optimizer = SophiaG(params)
-        result["tokens"] = gnb_refresh(optimizer, logits_of(model), [X for X, _ in batches],
-                                       max_norm=max_norm, seed=DDP_SEED)
+        gnb_refresh(optimizer, logits_of(model), [X for X, _ in batches], max_norm=max_norm, seed=DDP_SEED)
         result[key] = hessians(optimizer, params)
+        result["tokens"] = optimizer.param_groups[0]["hessian_bs"]
 
     optimizer = SophiaH(params)
     model.eval()

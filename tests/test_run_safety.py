@@ -31,17 +31,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    GLOO,
+    REPO_ROOT,
+    TORCHRUN,
+    TRAIN_PY,
+    args,
+    fails_cleanly,
+    file_bytes,
+    one_error_line,
+    records,
+    run_main,
+    subprocess_env,
+    wait_for,
+    write_tiny_dataset,
+)
 
-import progress
 import train
-from checkpoint import load_checkpoint
-from conftest import write_tiny_dataset
-from configurator import Config
+import training.progress as progress
 from data.tokens import write_tokens
-from metrics import read_metrics
 from model import GPT, GPTConfig
-from test_train import (GLOO, REPO_ROOT, TORCHRUN, TRAIN_PY, args, file_bytes, one_error_line, records, run_main,
-                        subprocess_env, wait_for)
+from training.checkpoint import load_checkpoint
+from training.config import Config
+from training.metrics import read_metrics
 
 # An evaluation of the tiny model costs ~70 ms per batch of each split here (measured): 2000 batches take
 # minutes, so a run that stops within seconds of a SIGTERM did not wait for the evaluation to end.
@@ -49,14 +61,6 @@ SLOW_EVAL_ITERS = 2000
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def fails_cleanly(argv, cwd, capsys):
-    """Runs train.main(argv) in this process, expecting a non-zero exit with one 'error:' line: returns it."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_main(argv, cwd)
-    assert e.value.code not in (0, None)
-    return one_error_line(capsys.readouterr().err)
 
 
 def logged_iterations(out_dir, which="train/loss"):

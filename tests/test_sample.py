@@ -1,15 +1,14 @@
 """sample.py run as a user would: greedy decoding at temperature 0, and one-line errors for unusable settings."""
 import dataclasses
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import argmax_continuation, run_sample
 
-from checkpoint import save_checkpoint
 from model import GPT, GPTConfig
-from tokenizer import EOT, N_VOCAB, gpt2_encoding
+from training.checkpoint import save_checkpoint
+from training.tokenizer import EOT, N_VOCAB, gpt2_encoding
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,23 +28,8 @@ def run_dir(tmp_path):
     return tmp_path / "run"
 
 
-def run_sample(cwd, *args: str) -> subprocess.CompletedProcess:
-    """`python sample.py ARGS` in cwd; output kept as bytes, as text mode would turn a sampled \\r into \\n.
-    One thread, as the in-process tests (conftest.py): the same float sums, less contention."""
-    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "sample.py"), *args], cwd=cwd,
-                          capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 def files(folder) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
-
-
-def argmax_continuation(model, ids: list[int], n: int) -> list[int]:
-    """ids and n more tokens, each the likeliest after those before it: greedy decoding written out."""
-    for _ in range(n):
-        logits, _ = model(torch.tensor([ids]))
-        ids = ids + [int(logits[0, -1, :N_VOCAB].argmax())]
-    return ids
 
 
 def test_generate_at_temperature_zero_is_greedy_whatever_the_generator():

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import chi_square_quantile, chi_square_statistic
 from torch.func import functional_call, grad, jacrev, vmap
 
 from model import GPT, GPTConfig
@@ -742,37 +743,12 @@ def test_diagnostics_before_any_refresh():
 
 # ----------------------------------------------------------------------------- 8a. sampling
 
-def normal_upper_quantile(p):
-    """z with P(Z > z) = p for a standard normal Z, by bisection on erfc."""
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if 0.5 * math.erfc(mid / math.sqrt(2)) > p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def chi_square_quantile(dof, upper_p):
-    """x with P(chi2_dof > x) = upper_p, by the Wilson-Hilferty approximation."""
-    a = 2 / (9 * dof)
-    return dof * (1 - a + normal_upper_quantile(upper_p) * math.sqrt(a)) ** 3
-
 
 def test_chi_square_helper_against_tables():
     # published chi-square quantiles (upper tail p): Wilson-Hilferty is within 2% here (0.6% in the upper tail)
     tables = [(10, 0.001, 29.588), (50, 0.001, 86.661), (100, 0.05, 124.342), (100, 0.001, 149.449), (20, 0.999, 5.921)]
     for dof, p, table in tables:
         assert chi_square_quantile(dof, p) == pytest.approx(table, rel=0.02)
-
-
-def chi_square_statistic(samples, probs):
-    """Pearson's statistic summed over rows: samples (R, n) class indices, probs (R, V)."""
-    counts = torch.stack([torch.bincount(s, minlength=probs.size(1)) for s in samples]).to(F64)
-    expected = samples.size(1) * probs
-    assert expected.min() >= 5  # the chi-square approximation needs enough expected counts
-    return float(((counts - expected) ** 2 / expected).sum())
 
 
 SAMPLING_ROWS, SAMPLING_CLASSES, SAMPLES_PER_ROW = 4, 20, 50_000

@@ -4,8 +4,8 @@ import shutil
 import pytest
 import tiktoken
 
-import tokenizer
-from tokenizer import EOT, N_VOCAB, gpt2_encoding
+import training.tokenizer as tokenizer
+from training.tokenizer import EOT, N_VOCAB, gpt2_encoding
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # makes tiktoken.get_encoding("gpt2") work offline (see ../shared/tokenizer/README.md)

@@ -1,5 +1,5 @@
-"""CPU tests for the training loop and its support modules: train.py, configurator.py, checkpoint.py and
-metrics.py.
+"""CPU tests for the training loop and its parts: train.py and training/ (config, distributed, batches, step,
+refresh, evaluation, log_window, state, checkpoint, metrics).
 
 Every run trains a tiny GPT (1 layer, 2 heads, 32 channels, 32-token context; most of its 1.6M parameters
 are the 50304 x 32 embedding) on a synthetic token file written into a temporary `data/tiny/` folder, for
@@ -13,14 +13,14 @@ mismatched checkpoints; a clean stop on SIGTERM; DDP over gloo against a single 
 rank-0-only logging, identical Hessian EMAs on every rank); metrics.jsonl's records and their
 diagnostics (grad_norm before clipping, param_norm, update_rms, Sophia's per-set win rates, a logged
 time that leaves out torch.compile's compilation); the sign-momentum control's update; the
-non-finite-loss stop; wandb in offline mode; and the learning-rate schedule.
+non-finite-loss stop; whole-split evaluation; wandb in offline mode; and the learning-rate schedule. The
+helpers the test modules share (TINY, args, run_main, records, torchrun, ...) are in conftest.py.
 
 The machine these run on has two shared cores: each run is a few iterations of the tiny model with one
 intra-op thread, and the expensive runs (a straight 10-iteration run per optimizer) are made once per
 module and shared by the tests that only read them.
 """
 
-import contextlib
 import dataclasses
 import glob
 import json
@@ -38,92 +38,45 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed
+from conftest import (
+    GLOO,
+    REPO_ROOT,
+    TINY,
+    TORCHRUN,
+    TRAIN_PY,
+    args,
+    file_bytes,
+    kind,
+    one_error_line,
+    records,
+    run_main,
+    run_train_subprocess,
+    subprocess_env,
+    tiny_config,
+    torchrun,
+    wait_for,
+    working_directory,
+)
 
 import train
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from configurator import OPTIMIZER_NAMES, Config, ConfigError, load_config, make_config
-from metrics import MetricsError, read_metrics
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_PY = os.path.join(REPO_ROOT, "train.py")
-TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
-
-# The tiny run every test starts from; tests override single keys.
-TINY = dict(
-    dataset="tiny", device="cpu", dtype="float32", compile=False,
-    n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=2, total_bs=4,
-    eval_iters=2, eval_interval=5, log_interval=1,
-    learning_rate=1e-3, min_lr=1e-4, warmup_iters=2, lr_decay_iters=20,  # fixed: independent of max_iters
-    hess_interval=3, optimizer_name="sophiag",
+from model import GPT, GPTConfig
+from sophia import sampled_cross_entropy
+from training.batches import Batches
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.config import (
+    OPTIMIZER_NAMES,
+    Config,
+    ConfigError,
+    load_config,
+    make_config,
 )
-GLOO = torch.distributed.is_available() and torch.distributed.is_gloo_available()
-
+from training.distributed import accumulation_steps, init_distributed
+from training.log_window import Stopwatch
+from training.metrics import MetricsError, read_metrics
+from training.refresh import Refresh
+from training.step import get_lr
 
 # ----------------------------------------------------------------------------- helpers
-
-def args(**overrides):
-    """--key=value arguments for TINY with `overrides` (strings unquoted, as on a command line)."""
-    return [f"--{key}={value}" for key, value in {**TINY, **overrides}.items()]
-
-
-def tiny_config(**overrides):
-    return make_config(**{**TINY, **overrides})
-
-
-def subprocess_env(**extra):
-    """The environment for a child process: the repo importable, one thread, no inherited DDP variables."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    env.update(extra)
-    return env
-
-
-@contextlib.contextmanager
-def working_directory(path):
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-def run_main(argv, cwd):
-    """train.main(argv) in this process, from `cwd`. main() installs SIGTERM/SIGINT handlers (StopRequest);
-    pytest's own are put back afterwards. Raises SystemExit where main() exits."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with working_directory(cwd):
-            train.main(argv)
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-def run_train_subprocess(argv, cwd, timeout=120, **env):
-    return subprocess.run([sys.executable, TRAIN_PY, *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=subprocess_env(**env))
-
-
-def kind(record):
-    if "config" in record:
-        return "config"
-    if "val/loss" in record:
-        return "eval"
-    if "train/loss" in record:
-        return "train"
-    raise AssertionError(f"unexpected metrics record {record}")
-
-
-def records(out_dir, which):
-    """The `which` ('train' or 'eval') records of out_dir/metrics.jsonl, by iteration; fails on duplicates."""
-    found = {}
-    for r in read_metrics(os.path.join(out_dir, "metrics.jsonl")):
-        if kind(r) == which:
-            assert r["iter"] not in found, f"iteration {r['iter']} has two {which} records in {out_dir}"
-            found[r["iter"]] = r
-    return found
 
 
 def assert_no_duplicates(out_dir):
@@ -134,29 +87,6 @@ def assert_no_duplicates(out_dir):
             assert key not in seen, f"{key} logged twice in {out_dir}/metrics.jsonl"
             seen.add(key)
     return seen
-
-
-def file_bytes(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def one_error_line(stderr):
-    """The single line of a clean failure: exactly one non-empty stderr line, starting 'error:'."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), f"expected one 'error:' line, got:\n{stderr}"
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
-def wait_for(condition, timeout, what, proc=None):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended (rc {proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -283,10 +213,10 @@ def test_missing_config_file(tmp_path):
 
 
 def test_errors_inside_a_config_file_are_one_line(tmp_path):
-    for body, kind in (("max_iters = 10 +\n", "SyntaxError"), ("learning_rate = undefined_name\n", "NameError")):
+    for body, error in (("max_iters = 10 +\n", "SyntaxError"), ("learning_rate = undefined_name\n", "NameError")):
         path = tmp_path / "bad.py"
         path.write_text(body)
-        with pytest.raises(ConfigError, match=f"config file .*bad.py.*{kind}"):
+        with pytest.raises(ConfigError, match=f"config file .*bad.py.*{error}"):
             load_config([str(path)])
     # names bound in the file are visible inside its comprehensions (one namespace, as a module)
     path = tmp_path / "nested.py"
@@ -329,46 +259,51 @@ def test_bogus_key_on_the_command_line_is_one_error_line(tmp_path):
 # ----------------------------------------------------------------------------- 2. accumulation
 
 def test_accumulation_steps():
-    assert train.accumulation_steps(480, 12, 1) == 40
-    assert train.accumulation_steps(480, 12, 8) == 5
+    assert accumulation_steps(480, 12, 1) == 40
+    assert accumulation_steps(480, 12, 8) == 5
     with pytest.raises(ConfigError, match="batch_size"):
-        train.accumulation_steps(480, 12, 7)
+        accumulation_steps(480, 12, 7)
     with pytest.raises(ConfigError, match="hess_total_bs"):
-        train.accumulation_steps(10, 4, 1, key="hess_total_bs")
+        accumulation_steps(10, 4, 1, key="hess_total_bs")
 
 
 def test_trainer_accumulates_micro_batches_from_total_bs(data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(data_root)
-    cfg, dist = train.init_distributed(tiny_config(total_bs=8, batch_size=2, out_dir=str(tmp_path)))
+    cfg, dist = init_distributed(tiny_config(total_bs=8, batch_size=2, out_dir=str(tmp_path)))
     # the derived settings are written into the config that is logged and checkpointed
     assert (cfg.gradient_accumulation_steps, cfg.hess_total_bs, cfg.hess_accumulation_steps) == (4, 8, 4)
-    trainer = train.Trainer(cfg, dist)
-    assert trainer.tokens_per_iter == 8 * 32
-    micro_batches = trainer.train_data.next_batch(cfg.total_bs)
+    run = train.build(cfg, dist)
+    assert run.window.tokens_per_iter == 8 * 32
+    micro_batches = run.train_data.next_batch(cfg.total_bs, cfg.gradient_accumulation_steps)
     assert len(micro_batches) == 4
     for X, Y in micro_batches:
         assert X.shape == Y.shape == (2, 32) and X.dtype == torch.int64
         assert torch.equal(X[:, 1:], Y[:, :-1])  # targets are the inputs shifted by one
     windows = torch.cat([X for X, _ in micro_batches])
     assert len({tuple(w.tolist()) for w in windows}) == 8  # 8 different windows
-    assert trainer.train_data.position == 8
+    assert run.train_data.position == 8
     # a total_bs that batch_size does not divide is refused when the settings are resolved
     with pytest.raises(ConfigError, match="batch_size"):
-        train.init_distributed(tiny_config(total_bs=7, batch_size=2, out_dir=str(tmp_path)))
-    half = train.init_distributed(tiny_config(total_bs=8, batch_size=2, hess_total_bs=4))[0]
+        init_distributed(tiny_config(total_bs=7, batch_size=2, out_dir=str(tmp_path)))
+    half = init_distributed(tiny_config(total_bs=8, batch_size=2, hess_total_bs=4))[0]
     assert (half.hess_total_bs, half.hess_accumulation_steps) == (4, 2)
 
 
-def make_trainer(data_root, tmp_path, monkeypatch, **overrides):
-    """A train.Trainer for TINY with `overrides`, reading data_root/data/tiny."""
+def make_run(data_root, tmp_path, monkeypatch, **overrides):
+    """The parts of a run (train.build) of TINY with `overrides`, reading data_root/data/tiny."""
     monkeypatch.chdir(data_root)
-    return train.Trainer(*train.init_distributed(tiny_config(out_dir=str(tmp_path), **overrides)))
+    return train.build(*init_distributed(tiny_config(out_dir=str(tmp_path), **overrides)))
 
 
-def record_steps(trainer, monkeypatch):
-    """Wraps trainer.optimizer.step to record, at each call, the parameters before and after it and the
+def log_record(run, train_time):
+    """The record train.py's loop logs at this point, `train_time` seconds into training."""
+    return run.window.record(run.progress.iter_num, train_time, run.network.model, run.optimizer, run.diagnostics)
+
+
+def record_steps(run, monkeypatch):
+    """Wraps run.optimizer.step to record, at each call, the parameters before and after it and the
     gradients it was given (after accumulation and clipping). Returns (the parameters, the records)."""
-    params, steps, step = list(trainer.model.parameters()), [], trainer.optimizer.step
+    params, steps, step = list(run.network.model.parameters()), [], run.optimizer.step
 
     def recording_step(*a, **kw):
         before = [p.detach().clone() for p in params]
@@ -377,7 +312,7 @@ def record_steps(trainer, monkeypatch):
         steps.append(dict(before=before, grads=grads, after=[p.detach().clone() for p in params]))
         return loss
 
-    monkeypatch.setattr(trainer.optimizer, "step", recording_step)
+    monkeypatch.setattr(run.optimizer, "step", recording_step)
     return params, steps
 
 
@@ -387,13 +322,13 @@ def test_grad_accumulation_sum_gives_accumulation_times_the_mean_gradient(data_r
     while the returned loss is the batch's mean loss in both."""
     got = {}
     for mode in ("mean", "sum"):
-        trainer = make_trainer(data_root, tmp_path / mode, monkeypatch, total_bs=8, batch_size=2, grad_clip=0.0,
-                               grad_accumulation=mode, optimizer_name="adamw")
-        assert trainer.cfg.gradient_accumulation_steps == 4
-        _, steps = record_steps(trainer, monkeypatch)
-        loss = trainer.train_iteration()
+        run = make_run(data_root, tmp_path / mode, monkeypatch, total_bs=8, batch_size=2, grad_clip=0.0,
+                       grad_accumulation=mode, optimizer_name="adamw")
+        assert run.cfg.gradient_accumulation_steps == 4
+        _, steps = record_steps(run, monkeypatch)
+        loss = run.iteration()
         got[mode] = dict(loss=loss.item(), grads=steps[0]["grads"], before=steps[0]["before"],
-                         grad_norm=trainer.grad_norm_sum.item())
+                         grad_norm=run.window.grad_norm_sum.item())
     mean, summed = got["mean"], got["sum"]
     assert all(torch.equal(a, b) for a, b in zip(mean["before"], summed["before"]))  # the same starting weights
     assert summed["loss"] == pytest.approx(mean["loss"], rel=1e-6)
@@ -409,32 +344,32 @@ def test_gnb_refresh_from_the_training_batch_matches_a_direct_computation(grad_c
     hess_total_bs sequences (here 2 of 4, one micro-batch), with labels seeded by (seed, iteration, 0).
     Recomputed here by hand at the pre-step weights: h = (1 - beta2) * clip(g_hat)^2 after one refresh."""
     monkeypatch.chdir(data_root)
-    cfg, dist = train.init_distributed(tiny_config(gnb_batch="train", hess_interval=1, hess_total_bs=2,
+    cfg, dist = init_distributed(tiny_config(gnb_batch="train", hess_interval=1, hess_total_bs=2,
                                                    grad_clip=grad_clip, out_dir=str(tmp_path)))
-    trainer = train.Trainer(cfg, dist)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    X, _ = train.Batches(os.path.join("data", cfg.dataset), "train", cfg, dist, 50304).next_batch(cfg.total_bs)[0]
-    trainer.train_iteration()
-    assert trainer.gnb_gradient is None and trainer.train_data.position == cfg.total_bs  # no extra batch read
+    run = train.build(cfg, dist)
+    before = {k: v.clone() for k, v in run.network.model.state_dict().items()}
+    X, _ = Batches(os.path.join("data", cfg.dataset), "train", cfg, dist, 50304).next_batch(cfg.total_bs, cfg.gradient_accumulation_steps)[0]
+    run.iteration()
+    assert run.step.refresh.gradient is None and run.train_data.position == cfg.total_bs  # no extra batch read
 
-    reference = train.GPT(trainer.model.config)
+    reference = GPT(run.network.model.config)
     reference.load_state_dict(before)
     params = list(reference.parameters())
     with torch.random.fork_rng():
         torch.manual_seed(hash((cfg.seed, 1, 0)))
-        g_hat = torch.autograd.grad(train.sampled_cross_entropy(reference(X)[0]), params)
+        g_hat = torch.autograd.grad(sampled_cross_entropy(reference(X)[0]), params)
     norm = torch.cat([g.flatten() for g in g_hat]).norm()
     scale = min(1.0, grad_clip / norm.item()) if grad_clip else 1.0
     assert scale < 0.5 or not grad_clip  # the clipping is part of what is checked
-    for g, q in zip(g_hat, trainer.model.parameters()):
+    for g, q in zip(g_hat, run.network.model.parameters()):
         expected = (1 - cfg.beta2) * (g * scale) ** 2
-        torch.testing.assert_close(trainer.optimizer.state[q]["hessian"], expected, rtol=1e-4, atol=1e-12)
+        torch.testing.assert_close(run.optimizer.state[q]["hessian"], expected, rtol=1e-4, atol=1e-12)
 
 
 def test_gnb_refresh_from_the_training_batch_needs_hess_total_bs_within_it(data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(data_root)
     with pytest.raises(ConfigError, match="hess_total_bs=8 must be <= total_bs=4"):
-        train.init_distributed(tiny_config(gnb_batch="train", hess_total_bs=8, out_dir=str(tmp_path)))
+        init_distributed(tiny_config(gnb_batch="train", hess_total_bs=8, out_dir=str(tmp_path)))
 
 
 # ----------------------------------------------------------------------------- 3. bit-exact resume
@@ -481,7 +416,7 @@ def test_resume_is_bit_exact(optimizer, straight_run, data_root, tmp_path):
 WRITER = """
 import sys
 import torch
-from checkpoint import save_checkpoint
+from training.checkpoint import save_checkpoint
 
 path, i = sys.argv[1], 0
 while True:
@@ -602,33 +537,13 @@ import sys
 import train
 from rank_agreement import compare_ranks
 
-def nudge_then_compare(trainer, dist):
-    if dist.rank == 1:
-        next(iter(trainer.optimizer.state.values()))["hessian"].view(-1)[0] += 1e-6
-    print("AGREE" if compare_ranks(trainer, dist) else "DISAGREE", dist.rank)
+def nudge_then_compare(run):
+    if run.dist.rank == 1:
+        next(iter(run.optimizer.state.values()))["hessian"].view(-1)[0] += 1e-6
+    print("AGREE" if compare_ranks(run) else "DISAGREE", run.dist.rank)
 
 train.main(sys.argv[1:], then=nudge_then_compare)
 """
-
-
-TEARDOWN_ABORT = "terminate called without an active exception"
-
-
-def torchrun(argv, cwd, completed, timeout=180, env=None):
-    """torchrun --standalone --nproc_per_node=2 argv, retried (at most twice) only for one known,
-    intermittent failure that comes after the work is done: a rank aborting at interpreter exit with
-    "terminate called without an active exception". Its backtrace (torch 2.13, CPU, gloo): a gloo worker
-    thread (ProcessGroupGloo::runLoop) destroys the last barrier's AsyncWork, whose ThreadLocalState holds
-    a Python object, and takes the GIL from a finalizing interpreter; pthread_exit unwinds through a
-    noexcept destructor -> std::terminate. `completed()` must confirm the run's results were all written
-    before a retry is allowed; any other failure fails at once."""
-    for attempt in range(3):
-        result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", *argv], cwd=cwd,
-                                capture_output=True, text=True, timeout=timeout, env=subprocess_env(**(env or {})))
-        if result.returncode == 0 or TEARDOWN_ABORT not in result.stderr or not completed(result):
-            break
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
@@ -722,16 +637,17 @@ import os
 import signal
 import sys
 import train
+from training.state import Run
 
-iteration = train.Trainer.train_iteration
+iteration = Run.iteration
 
-def train_iteration(self):
+def dying_iteration(self):
     loss = iteration(self)
-    if self.dist.rank == 1 and self.iter_num == 6:
+    if self.dist.rank == 1 and self.progress.iter_num == 6:
         os.kill(os.getpid(), signal.SIGKILL)
     return loss
 
-train.Trainer.train_iteration = train_iteration
+Run.iteration = dying_iteration
 train.main(sys.argv[1:])
 """
 
@@ -786,7 +702,7 @@ SOPHIA_KEYS = {"train/win_rate", "train/win_rate/embedding", "train/win_rate/mat
 def checkpoint_model(out_dir):
     """The GPT saved in out_dir/ckpt.pt."""
     ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
-    model = train.GPT(train.GPTConfig(**ckpt["model_args"]))
+    model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model
 
@@ -801,7 +717,7 @@ def check_common_train_records(train_records, resolved, model):
     exceeds grad_clip exactly at the iterations counted as clipped; update_rms is 0 for the first step
     (its lr is 0) and positive after; the last record's param_norm is the norm of the weights saved with it
     (`model`, the tied embedding counted once)."""
-    assert resolved.log_interval == 1 and train.get_lr(0, resolved) == 0
+    assert resolved.log_interval == 1 and get_lr(0, resolved) == 0
     clipped = 0
     for it in sorted(train_records):
         r = train_records[it]
@@ -818,7 +734,7 @@ def check_common_train_records(train_records, resolved, model):
 def test_metrics_records(optimizer, straight_run):
     out = straight_run(optimizer)
     argv = args(optimizer_name=optimizer, dropout=0.1, max_iters=STRAIGHT_ITERS, out_dir=out)
-    resolved, _ = train.init_distributed(load_config(argv))
+    resolved, _ = init_distributed(load_config(argv))
     lines = read_metrics(os.path.join(out, "metrics.jsonl"))
     assert lines[0] == {"config": dataclasses.asdict(resolved)}
     assert lines[0]["config"]["device"] == "cpu" and lines[0]["config"]["compile"] is False
@@ -837,7 +753,7 @@ def test_metrics_records(optimizer, straight_run):
     for it, r in train_records.items():
         assert set(r) == TRAIN_KEYS | (SOPHIA_KEYS if optimizer == "sophiag" else set())
         assert r["tokens"] == it * resolved.total_bs * resolved.block_size
-        assert r["lr"] == pytest.approx(train.get_lr(it - 1, resolved))  # the lr of the step that made it
+        assert r["lr"] == pytest.approx(get_lr(it - 1, resolved))  # the lr of the step that made it
         assert math.isfinite(r["train/loss"]) and 0 <= r["train/clip_rate"] <= 1  # no mfu: a CPU run
         if optimizer == "sophiag":
             assert 0 <= r["train/win_rate"] <= 1 and r["hessian_norm"] >= 0
@@ -867,8 +783,8 @@ def test_hessian_bias_correction_reaches_sophia(data_root, tmp_path, monkeypatch
     for optimizer in ("sophiag", "sophiah"):
         for value in (False, True):
             overrides = dict(hessian_bias_correction=True) if value else {}
-            trainer = make_trainer(data_root, tmp_path, monkeypatch, optimizer_name=optimizer, **overrides)
-            assert [g["bias_correction"] for g in trainer.optimizer.param_groups] == [value, value], optimizer
+            run = make_run(data_root, tmp_path, monkeypatch, optimizer_name=optimizer, **overrides)
+            assert [g["bias_correction"] for g in run.optimizer.param_groups] == [value, value], optimizer
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sophiag"])
@@ -881,32 +797,32 @@ def test_update_rms_is_the_rms_change_of_the_parameters_in_the_logged_iteration(
     iterations is not what is reported. For Sophia-G a refresh follows each step (hess_interval=1), so the
     second step is clipped by a Hessian. Tolerance: torch's float32 norm of the 1.6M-element embedding
     change is 7e-4 low here (accumulation error; measured), well below the differences checked."""
-    trainer = make_trainer(data_root, tmp_path, monkeypatch, optimizer_name=optimizer, log_interval=2,
+    run = make_run(data_root, tmp_path, monkeypatch, optimizer_name=optimizer, log_interval=2,
                            warmup_iters=0, hess_interval=1, weight_decay=200.0)
-    params = list(trainer.model.parameters())
+    params = list(run.network.model.parameters())
     weights = [[p.detach().clone() for p in params]]
     for _ in range(2):
-        trainer.train_iteration()
+        run.iteration()
         weights.append([p.detach().clone() for p in params])
     if optimizer == "sophiag":
-        assert trainer.optimizer.param_groups[0]["hessian_updates"] == 2
+        assert run.optimizer.param_groups[0]["hessian_updates"] == 2
 
     def rms_change(a, b):
         n = sum(p.numel() for p in params)
-        assert n == trainer.model.num_params(non_embedding=False)
+        assert n == run.network.model.num_params(non_embedding=False)
         return math.sqrt(sum(float((y.double() - x.double()).square().sum()) for x, y in zip(a, b)) / n)
 
     expected = rms_change(weights[1], weights[2])
-    assert trainer.update_rms.item() == pytest.approx(expected, rel=2e-3)
+    assert run.window.update_rms.item() == pytest.approx(expected, rel=2e-3)
     first = rms_change(weights[0], weights[1])
     assert abs(first / expected - 1) > 5e-3, (first, expected)  # the first iteration's is another number
     assert rms_change(weights[0], weights[2]) > 1.3 * expected  # and so is the two iterations' change
-    decayed = {id(p) for p in trainer.model.param_sets()["matrices"]}
-    lr_wd = train.get_lr(1, trainer.cfg) * trainer.cfg.weight_decay
+    decayed = {id(p) for p in run.network.model.param_sets()["matrices"]}
+    lr_wd = get_lr(1, run.cfg) * run.cfg.weight_decay
     without_decay = [y + (x * lr_wd if id(p) in decayed else 0) for p, x, y in zip(params, weights[1], weights[2])]
     assert abs(rms_change(weights[1], without_decay) / expected - 1) > 2e-2  # the decay is a visible part
-    trainer.train_time += 1.0  # as the loop does before a log line: a record's speed needs some time
-    assert trainer.log_record()["update_rms"] == trainer.update_rms.item()
+    # a record's speed needs some training time: 1 s
+    assert log_record(run, 1.0)["update_rms"] == run.window.update_rms.item()
 
 
 def test_grad_norm_is_the_mean_norm_before_clipping(data_root, tmp_path, monkeypatch):
@@ -914,23 +830,21 @@ def test_grad_norm_is_the_mean_norm_before_clipping(data_root, tmp_path, monkeyp
     iterations since the last log line (two), of the global norm of the gradient before clipping: computed
     here by hand from the same batches (a second reader of the training data) at each iteration's weights.
     Two log lines: the second does not carry the first one's iterations."""
-    trainer = make_trainer(data_root, tmp_path, monkeypatch, optimizer_name="adamw", log_interval=2,
-                           warmup_iters=0, grad_clip=1e-6)
-    cfg = trainer.cfg
-    reader = train.Batches(os.path.join("data", cfg.dataset), "train", cfg, trainer.dist,
-                           trainer.model.config.vocab_size)
+    run = make_run(data_root, tmp_path, monkeypatch, optimizer_name="adamw", log_interval=2,
+                   warmup_iters=0, grad_clip=1e-6)
+    cfg = run.cfg
+    reader = Batches(os.path.join("data", cfg.dataset), "train", cfg, run.dist, run.network.model.config.vocab_size)
     norms, logged = [], []
     for it in range(4):
-        reference = train.GPT(trainer.model.config)
-        reference.load_state_dict(trainer.model.state_dict())
-        micro_batches = reader.next_batch(cfg.total_bs)
+        reference = GPT(run.network.model.config)
+        reference.load_state_dict(run.network.model.state_dict())
+        micro_batches = reader.next_batch(cfg.total_bs, cfg.gradient_accumulation_steps)
         loss = sum(reference(X, Y)[1] for X, Y in micro_batches) / len(micro_batches)
         norms.append(norm_of(torch.autograd.grad(loss, list(reference.parameters()))))
-        trainer.train_iteration()
+        run.iteration()
         if it % 2 == 1:
-            trainer.train_time += 1.0
-            logged.append(trainer.log_record())
-    assert trainer.train_data.position == reader.position  # the same batches
+            logged.append(log_record(run, it + 1.0))
+    assert run.train_data.position == reader.position  # the same batches
     assert min(norms) > 1e4 * cfg.grad_clip and logged[-1]["train/clip_rate"] == 1
     assert abs(norms[3] - norms[2]) > 1e-3 * norms[3]  # the mean is not the last one
     assert logged[0]["grad_norm"] == pytest.approx((norms[0] + norms[1]) / 2, rel=1e-4)
@@ -942,20 +856,20 @@ def test_signmomentum_is_sign_descent_with_momentum_and_decoupled_weight_decay(d
     after every iteration: h stays 0), and each step, from the gradient g the optimizer is given, is
     m <- beta1 m + (1 - beta1) g (computed here independently), p <- p (1 - lr wd) - lr sign(m), with wd on
     the weight matrices only and lr from the schedule: checked over 3 iterations."""
-    trainer = make_trainer(data_root, tmp_path, monkeypatch, optimizer_name="signmomentum", warmup_iters=0,
+    run = make_run(data_root, tmp_path, monkeypatch, optimizer_name="signmomentum", warmup_iters=0,
                            hess_interval=1, grad_clip=0.0, weight_decay=2.0)
-    cfg = trainer.cfg
-    assert trainer.refresh is None
-    params, steps = record_steps(trainer, monkeypatch)
-    decayed = {id(p) for p in trainer.model.param_sets()["matrices"]}
+    cfg = run.cfg
+    assert type(run.step.refresh) is Refresh  # never due
+    params, steps = record_steps(run, monkeypatch)
+    decayed = {id(p) for p in run.network.model.param_sets()["matrices"]}
     assert decayed and len(decayed) < len(params)
     momentum = [torch.zeros_like(p) for p in params]
     for it in range(3):
-        trainer.train_iteration()
-        step, lr = steps[it], train.get_lr(it, cfg)
+        run.iteration()
+        step, lr = steps[it], get_lr(it, cfg)
         assert lr > 0
         for i, p in enumerate(params):
-            state = trainer.optimizer.state[p]
+            state = run.optimizer.state[p]
             assert torch.all(state["hessian"] == 0)
             momentum[i] = cfg.beta1 * momentum[i] + (1 - cfg.beta1) * step["grads"][i]
             torch.testing.assert_close(state["exp_avg"], momentum[i], rtol=1e-5, atol=1e-10)
@@ -991,12 +905,12 @@ def test_logged_time_excludes_compilation(data_root, tmp_path, monkeypatch):
     """compile=True on CPU. The first training iteration compiles the training graphs (forward and
     backward; the evaluation at iteration 0 compiles its own, outside the training time), which takes
     seconds. Its logged ms_per_iter is within 5x of the later iterations' median all the same, while the
-    wall-clock of that first log interval (measured here around train.Stopwatch) is many times longer:
+    wall-clock of that first log interval (measured here around its Stopwatch) is many times longer:
     the compilation it leaves out. A model shape no other test uses and a reset of torch.compile's caches
     make sure the compilation happens in this run."""
     laps = []
 
-    class RecordingStopwatch(train.Stopwatch):
+    class RecordingStopwatch(Stopwatch):
         def restart(self):
             self.wall_start = time.perf_counter()
             super().restart()
@@ -1007,7 +921,7 @@ def test_logged_time_excludes_compilation(data_root, tmp_path, monkeypatch):
             laps.append((wall, seconds))
             return seconds
 
-    monkeypatch.setattr(train, "Stopwatch", RecordingStopwatch)
+    monkeypatch.setattr(train, "Stopwatch", RecordingStopwatch)  # the one train.py's loop makes
     monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # no compiled graphs from disk
     torch._dynamo.reset()
     out = tmp_path / "out"
@@ -1028,18 +942,18 @@ def test_logged_time_excludes_compilation(data_root, tmp_path, monkeypatch):
     assert wall > 20 * median / 1000 and wall - logged > 1.0, measured  # seconds of compilation left out
 
 
-# rank 1 "compiles" for a second (train.compile_seconds faked) before a lap; then a collective, where a quicker
+# rank 1 "compiles" for a second (log_window.compile_seconds faked) before a lap; then a collective, where a quicker
 # rank would wait for it, and a second lap. Each rank writes its two laps to laps<rank>.txt.
 SLOW_COMPILING_RANK = """
 import time
 import torch.distributed as dist
-import train
+from training import log_window
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 compiled = 0.0
-train.compile_seconds = lambda: compiled
-clock = train.Stopwatch(dist.get_world_size())
+log_window.compile_seconds = lambda: compiled
+clock = log_window.Stopwatch(dist.get_world_size())
 if rank == 1:
     time.sleep(1.0)
     compiled += 1.0
@@ -1103,16 +1017,16 @@ def test_non_finite_validation_loss_stops_before_the_checkpoint(data_root, tmp_p
 
 # ----------------------------------------------------------------------------- 8. evaluation
 
-def direct_full_val_loss(trainer):
+def direct_full_val_loss(run):
     """The mean cross-entropy over every token of every complete window of the val split, one window at a time,
     summed in float64: what val_eval='full' must give."""
-    data, block = trainer.val_data, trainer.cfg.block_size
+    data, block = run.val_data, run.cfg.block_size
     tokens = torch.from_numpy(np.memmap(data.path, dtype=np.uint16, mode="r").astype(np.int64))
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, (len(tokens) - 1) // block * block, block):
             window = tokens[start:start + block + 1]
-            logits, _ = trainer.model(window[None, :-1])
+            logits, _ = run.network.model(window[None, :-1])
             total += torch.nn.functional.cross_entropy(logits[0].double(), window[1:], reduction="sum").item()
             count += block
     return total / count, count
@@ -1122,27 +1036,27 @@ def test_full_val_scores_every_window_once(data_root, tmp_path, monkeypatch):
     """val_eval='full': the mean over all 249 complete windows of the tiny val split (7,968 of its 8,000
     tokens), in batches of 4 with the last one (1 window) padded, equals a window-by-window computation; the
     sampled evaluation of the same weights differs from it, and from one seed to another."""
-    trainer = make_trainer(data_root, tmp_path, monkeypatch, val_eval="full", batch_size=4, total_bs=4)
+    run = make_run(data_root, tmp_path, monkeypatch, val_eval="full", batch_size=4, total_bs=4)
     for _ in range(3):
-        trainer.train_iteration()
-    expected, count = direct_full_val_loss(trainer)
-    assert count == 249 * 32 and len(trainer.val_data.all_window_starts()) == 249
-    full = trainer.evaluate()
+        run.iteration()
+    expected, count = direct_full_val_loss(run)
+    assert count == 249 * 32 and len(run.val_data.all_window_starts()) == 249
+    full = run.evaluate()
     assert full["val"] == pytest.approx(expected, rel=1e-6)
-    sampled = make_trainer(data_root, tmp_path, monkeypatch, batch_size=4, total_bs=4)
-    other_seed = make_trainer(data_root, tmp_path, monkeypatch, batch_size=4, total_bs=4, seed=7)
+    sampled = make_run(data_root, tmp_path, monkeypatch, batch_size=4, total_bs=4)
+    other_seed = make_run(data_root, tmp_path, monkeypatch, batch_size=4, total_bs=4, seed=7)
     for t in (sampled, other_seed):
-        t.model.load_state_dict(trainer.model.state_dict())
+        t.network.model.load_state_dict(run.network.model.state_dict())
     by_seed = other_seed.evaluate()
     assert abs(sampled.evaluate()["val"] - expected) > 1e-4 and abs(by_seed["val"] - sampled.evaluate()["val"]) > 1e-4
-    other_seed.cfg = dataclasses.replace(other_seed.cfg, val_eval="full")
+    other_seed.evaluate.cfg = dataclasses.replace(other_seed.cfg, val_eval="full")
     assert other_seed.evaluate() == {"train": by_seed["train"], "val": full["val"]}  # the seed does not enter val's
 
 
 def test_full_val_abandons_on_a_stop(data_root, tmp_path, monkeypatch):
-    trainer = make_trainer(data_root, tmp_path, monkeypatch, val_eval="full")
+    run = make_run(data_root, tmp_path, monkeypatch, val_eval="full")
     asked = []
-    assert trainer.full_split_loss(trainer.val_data, lambda: asked.append(1) or len(asked) > 3) is None
+    assert run.evaluate.full_split_loss(run.val_data, lambda: asked.append(1) or len(asked) > 3) is None
     assert len(asked) == 4
 
 
@@ -1187,7 +1101,7 @@ def test_wandb_offline_run(data_root, tmp_path):
 
 def test_get_lr_schedule():
     cfg = make_config(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
-    lr = lambda it: train.get_lr(it, cfg)  # noqa: E731
+    lr = lambda it: get_lr(it, cfg)  # noqa: E731
     assert lr(0) == 0.0 and lr(5) == pytest.approx(0.5) and lr(10) == pytest.approx(1.0)  # linear warmup from 0
     assert lr(60) == pytest.approx(0.1 + 0.5 * 0.9)  # half way through the cosine
     assert lr(35) == pytest.approx(0.1 + 0.5 * (1 + math.cos(math.pi / 4)) * 0.9)
@@ -1195,4 +1109,4 @@ def test_get_lr_schedule():
     decay = [lr(it) for it in range(10, 111)]
     assert all(a > b for a, b in zip(decay, decay[1:]))  # strictly decreasing
     constant = dataclasses.replace(cfg, decay_lr=False)
-    assert {train.get_lr(it, constant) for it in (0, 5, 10, 60, 110, 10_000)} == {1.0}
+    assert {get_lr(it, constant) for it in (0, 5, 10, 60, 110, 10_000)} == {1.0}

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.tokens import write_meta, write_tokens
-from tokenizer import EOT, N_VOCAB
+from training.tokenizer import EOT, N_VOCAB
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SRC = os.path.join(HERE, "..", "..", "..", "shared", "corpora", "enwiki")

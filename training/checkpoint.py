@@ -12,8 +12,8 @@ import warnings
 import numpy as np
 import torch
 
-from data.tokens import atomic_write  # the token files' temp-file-and-rename writer
 from model import GPT, GPTConfig
+from training.files import atomic_write
 
 # The official code saves the model it trains, which under torch.compile is a wrapper holding it as _orig_mod
 # (and under DDP as module): its parameter names carry these prefixes.
@@ -77,7 +77,7 @@ def gpt_config(model_args):
 
 def model_from_checkpoint(ckpt):
     """Our GPT with a checkpoint's weights, ours or the official code's. The official model's GELU is the tanh
-    approximation and ours is exact, so its logits differ here slightly (README)."""
+    approximation and ours is exact, so its logits differ here slightly (docs/official-code.md)."""
     missing = [key for key in ("model_args", "model") if key not in ckpt]
     if missing:
         raise CheckpointError(f"the checkpoint has no {' or '.join(missing)} entry: it is not a model checkpoint")

@@ -1,10 +1,11 @@
 """
-The run's folder (out_dir): one process trains in it at a time, and a new run never replaces an old one.
+The run's folder (out_dir): its files, named here only (RunDir.checkpoint, .metrics, .lock); one process trains
+in it at a time, and a new run never replaces an old one.
 
-Before anything is written, the master process claims the folder: an exclusive lock on out_dir/train.lock
+Before anything is written, the master process claims the folder: an exclusive lock on its lock file
 (fcntl.flock: the kernel drops it when the process ends, however it ends, so it never goes stale), then a
-check that a run from scratch is not about to replace the run already there (its ckpt.pt or
-metrics.jsonl). With overwrite=True that run's files are moved into out_dir/overwritten-<date-time>/
+check that a run from scratch is not about to replace the run already there (its checkpoint or
+metrics). With overwrite=True that run's files are moved into out_dir/overwritten-<date-time>/
 instead: nothing is deleted. A start that fails after the claim removes the folders the claim created.
 """
 
@@ -13,17 +14,22 @@ import fcntl
 import os
 import time
 
-RUN_FILES = ("ckpt.pt", "metrics.jsonl")
-LOCK_FILE = "train.lock"
+CHECKPOINT, METRICS, LOCK = "ckpt.pt", "metrics.jsonl", "train.lock"
+RUN_FILES = (CHECKPOINT, METRICS)
 
 
-class OutDirError(Exception):
+class RunDirError(Exception):
     pass
 
 
-class OutDir:
+class RunDir:
+    """A run's folder, as every process and tool names its files; `claim` is the master process's."""
+
     def __init__(self, path):
         self.path = path
+        self.checkpoint = os.path.join(path, CHECKPOINT)
+        self.metrics = os.path.join(path, METRICS)
+        self.lock_path = os.path.join(path, LOCK)
         self.created = []  # the folders the claim made, outermost first
         self.lock = None
 
@@ -32,10 +38,10 @@ class OutDir:
         (None if nothing was moved)."""
         try:
             self._make_folders()
-            self.lock = open(os.path.join(self.path, LOCK_FILE), "a+")
+            self.lock = open(self.lock_path, "a+")
         except OSError as e:
             self.abandon()
-            raise OutDirError(f"cannot write to out_dir {self.path} ({e.filename}: {e.strerror}); choose a "
+            raise RunDirError(f"cannot write to out_dir {self.path} ({e.filename}: {e.strerror}); choose a "
                               f"folder you can write to with --out_dir") from None
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -43,7 +49,7 @@ class OutDir:
             self.lock.seek(0)
             owner = self.lock.read().strip() or "?"
             self.lock.close()
-            raise OutDirError(f"another process (pid {owner}) is training in {self.path}; wait for it to end "
+            raise RunDirError(f"another process (pid {owner}) is training in {self.path}; wait for it to end "
                               f"or choose another --out_dir") from None
         self.lock.truncate(0)
         self.lock.write(f"{os.getpid()}\n")
@@ -52,7 +58,7 @@ class OutDir:
         if init_from != "resume" and existing:  # a new run: from scratch or from another run's weights
             if not overwrite:
                 self.lock.close()
-                raise OutDirError(f"{self.path} already holds a run ({', '.join(existing)}): continue it with "
+                raise RunDirError(f"{self.path} already holds a run ({', '.join(existing)}): continue it with "
                                   f"--init_from=resume, choose another --out_dir, or pass --overwrite=True to "
                                   f"move its files into {self.path}/overwritten-<date-time>/")
             return self._move_aside(existing)
@@ -91,9 +97,8 @@ class OutDir:
         file, the only thing in them yet)."""
         self.release()
         if self.created:
-            lock_path = os.path.join(self.path, LOCK_FILE)
-            if os.path.exists(lock_path):
-                os.remove(lock_path)
+            if os.path.exists(self.lock_path):
+                os.remove(self.lock_path)
             for folder in reversed(self.created):
                 try:
                     os.rmdir(folder)

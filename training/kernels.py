@@ -8,13 +8,15 @@ PyTorch path is the reference, and what runs wherever a library or a GPU is abse
   small take micro-batches 4-8x larger, but slower than the compiled 'torch' path at the same micro-batch.
 - Config key `fp8`: torchao's float8 training for the transformer's Linear layers (opt-in, never a default).
 
-README, Performance, has what each measured.
+docs/performance.md has what each measured.
 """
 
 import importlib.util
 
 import torch
 import torch.nn.functional as F
+
+from training.config import OUTPUT_LAYERS as OUTPUT_LAYER_NAMES
 
 
 def torch_linear_cross_entropy(hidden, weight, targets, reduction="mean"):
@@ -41,6 +43,7 @@ OUTPUT_LAYERS = {
     "torch": (torch_linear_cross_entropy, None, None),
     "liger": (liger_linear_cross_entropy, "liger_kernel", "liger-kernel"),
 }
+assert tuple(OUTPUT_LAYERS) == OUTPUT_LAYER_NAMES, "training/config.py lists the output layers computed here"
 
 
 def installed(module):

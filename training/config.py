@@ -8,6 +8,7 @@ literals (strings may be left unquoted). Both apply in command-line order. Key n
 Sophia code (github.com/Liuhong99/Sophia), so its published configs read the same; the few official keys
 that differ (OFFICIAL_KEYS) are translated or ignored, each with a one-line note on stderr. An unknown key, a
 value of the wrong type or an invalid choice stops the run with one line that names the key and what is valid.
+This module needs only the standard library: tools that read logs import it without torch.
 """
 
 import ast
@@ -21,10 +22,17 @@ import types
 from dataclasses import dataclass
 from typing import Optional
 
-from kernels import OUTPUT_LAYERS
-from optimizers import OPTIMIZERS
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config")
+# The optimizers (training/optimizers.py builds each) and the paper config each runs with:
+# config/train_gpt2_<size>_<paper>.py. signmomentum, the control for Sophia-G's Hessian, runs with Sophia-G's.
+PAPER_CONFIGS = {"adamw": "adam", "lion": "lion", "sophiag": "sophia", "sophiah": "sophiah", "signmomentum": "sophia"}
+OPTIMIZER_NAMES = tuple(PAPER_CONFIGS)
+OUTPUT_LAYERS = ("torch", "liger")  # training/kernels.py computes each
 
-OPTIMIZER_NAMES = tuple(OPTIMIZERS)
+
+def paper_config(optimizer_name, size="small"):
+    """The path of an optimizer's paper config for a model size (small, medium, large), which may not exist."""
+    return os.path.join(CONFIG_DIR, f"train_gpt2_{size}_{PAPER_CONFIGS[optimizer_name]}.py")
 
 
 @dataclass
@@ -80,7 +88,9 @@ class Config:
     beta1: float = 0.965
     beta2: float = 0.99
     grad_clip: float = 1.0  # clip the global gradient norm at this value; 0 disables
-    rho: float = 0.05  # Sophia's clipping scale (the paper's gamma)
+    # Sophia's clipping scale (the paper's gamma); None: the optimizer's own default, as in the official code
+    # (SophiaG 0.04, SophiaH 0.01). The paper configs set it (GPT-2 small: 0.05)
+    rho: Optional[float] = None
     hess_interval: int = 10  # Sophia: refresh the Hessian EMA every this many iterations
     hess_total_bs: int = 0  # Sophia: sequences in a Hessian refresh batch; 0 = total_bs (official)
     # Sophia-G's refresh batch: 'fresh' = the next batch of data, an extra forward + backward (official);
@@ -122,7 +132,7 @@ CHOICES = {
     "gnb_batch": ("fresh", "train"),
     "grad_accumulation": ("mean", "sum"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    "output_layer": tuple(OUTPUT_LAYERS),
+    "output_layer": OUTPUT_LAYERS,
 }
 # Keys of the official code (its config files and the settings at the top of its train_sophiag.py and
 # train_adam.py) that Config lacks: our key, or None where the key is ignored, and the note saying so.
@@ -158,6 +168,7 @@ TYPE_RULES = {
     bool: ((bool,), "True or False"),
     str: ((str,), "a string"),
     Optional[bool]: ((bool, type(None)), "True, False or None"),
+    Optional[float]: ((int, float, type(None)), "a number or None"),
 }
 
 
@@ -215,7 +226,7 @@ def parse_value(key, text):
 def read_config_file(path):
     """The plain assignments of a config file (modules it imports and _private names are skipped). A
     relative path not found from the working directory is looked up in the repository (config/...)."""
-    in_repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
+    in_repo = os.path.join(os.path.dirname(CONFIG_DIR), path)
     if not os.path.exists(path) and not os.path.isabs(path) and os.path.exists(in_repo):
         path = in_repo
     try:
@@ -283,7 +294,7 @@ def make_config(**values):
         if key not in types_:
             raise _unknown_key(key)
         _check_type(key, value, types_[key])
-        if types_[key] is float:
+        if types_[key] in (float, Optional[float]) and value is not None:
             values[key] = float(value)
     cfg = Config(**values)
     for key, choices in CHOICES.items():
@@ -301,11 +312,13 @@ def check_values(cfg):
     for keys, valid, what in ((POSITIVE, lambda v: v > 0, "positive"), (NON_NEGATIVE, lambda v: v >= 0, ">= 0"),
                               (FRACTIONS, lambda v: 0 <= v < 1, "in [0, 1)")):
         for key in keys:
-            if not valid(getattr(cfg, key)):
+            if getattr(cfg, key) is not None and not valid(getattr(cfg, key)):
                 raise ConfigError(f"config key '{key}' must be {what}, got {getattr(cfg, key)}")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head} (each head gets "
                           f"n_embd / n_head channels); change one of them")
+    if cfg.fp8 and cfg.optimizer_name == "sophiah":
+        raise ConfigError("fp8=True cannot run Sophia-H's refresh: float8 matmuls have no double backward")
     if cfg.decay_lr and cfg.lr_decay_iters <= cfg.warmup_iters:
         raise ConfigError(f"lr_decay_iters={cfg.lr_decay_iters} must be greater than warmup_iters="
                           f"{cfg.warmup_iters}: the cosine decay runs from one to the other")

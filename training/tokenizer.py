@@ -9,7 +9,7 @@ import tiktoken
 EOT = 50256  # <|endoftext|>, written after every document
 N_VOCAB = 50257
 
-RANKS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gpt2.tiktoken")
+RANKS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "gpt2.tiktoken")
 # same bytes as tiktoken's r50k_base.tiktoken (the "gpt2" encoding), see data/README.md
 RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 # GPT-2's pre-tokenisation regex; tiktoken's built-in one is a faster, equivalent form

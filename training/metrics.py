@@ -1,5 +1,5 @@
 """
-Run metrics: `<out_dir>/metrics.jsonl` (one JSON object per line, flushed as written) and, when enabled,
+Run metrics: the run folder's metrics file (training/rundir.py; one JSON object per line, flushed as written) and, when enabled,
 wandb under the same names (the official Sophia code's: train/loss, val/loss, lr, mfu, train/win_rate,
 hessian_norm, train/clip_rate, ...). Only rank 0 logs.
 
@@ -21,7 +21,7 @@ class MetricsError(ValueError):
 
 
 def read_metrics(path):
-    """The records of a metrics.jsonl as the run stands, in order. A resumed process's first line
+    """The records of a metrics file as the run stands, in order. A resumed process's first line
     (`resumed_from`: its checkpoint's iteration) voids the records of later iterations, which the resumed
     run logs again, and a record logged again (an evaluation repeated at the checkpoint's iteration)
     replaces the earlier one. A last line cut short (a kill mid-write) is dropped; any other line that is
@@ -57,8 +57,8 @@ def _drop_torn_last_line(path):
 
 
 class MetricsLog:
-    def __init__(self, cfg, resume_iter=None, wandb_run_id=None):
-        self.path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    def __init__(self, path, cfg, resume_iter=None, wandb_run_id=None):
+        self.path = path
         if os.path.exists(self.path):
             _drop_torn_last_line(self.path)
         self.file = open(self.path, "a")
