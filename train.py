@@ -80,6 +80,12 @@ def usage():
             "--key=value):\n" + describe_keys())
 
 
+def line(*text):
+    """One line on stdout in one write, flushed: lines of several processes sharing a log never interleave."""
+    sys.stdout.write(" ".join(map(str, text)) + "\n")
+    sys.stdout.flush()
+
+
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
@@ -113,9 +119,9 @@ def train(run):
     files = RunDir(cfg.out_dir)
     stop, log = StopRequest(), None
 
-    def say(*text):  # rank 0 speaks for the run; flushed, for logs that a scheduler writes to files
+    def say(*text):  # rank 0 speaks for the run
         if dist.is_master:
-            print(*text, flush=True)
+            line(*text)
 
     def check_finite(value, what):
         if not math.isfinite(value):
@@ -196,7 +202,7 @@ def train(run):
 
     if stopped:
         if dist.world_size > 1:  # every rank says where it stopped: they must agree
-            print(f"rank {dist.rank}: stopping at iteration {progress.iter_num}", flush=True)
+            line(f"rank {dist.rank}: stopping at iteration {progress.iter_num}")
         say(f"stop requested: saving a checkpoint at iteration {progress.iter_num} and exiting")
     if saved_at != progress.iter_num and not cfg.eval_only:
         synchronize(dist.device)

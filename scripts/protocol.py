@@ -40,7 +40,6 @@ infinitely bad. Checkpoints stay in out-<study>/<run>/: an interrupted run resum
 
 import argparse
 import concurrent.futures
-import gc
 import math
 import multiprocessing
 import os
@@ -418,8 +417,7 @@ def execute(study, run, deadline):
     finally:
         if alarm:
             alarm.cancel()
-        gc.collect()
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # the run is freed: give its memory back before the next one
             torch.cuda.empty_cache()
     folder = result_dir(study, run)
     os.makedirs(folder, exist_ok=True)
