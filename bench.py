@@ -35,14 +35,7 @@ from data.tokens import write_tokens
 from model import GPT, GPTConfig
 from sophia import Lion, SophiaG
 from train import build
-from training.config import (
-    OPTIMIZER_NAMES,
-    ConfigError,
-    make_config,
-    paper_config,
-    parse_value,
-    read_config_file,
-)
+from training.config import OPTIMIZER_NAMES, ConfigError, make_config, paper_config, parse_value, read_config_file
 from training.distributed import init_distributed, synchronize
 from training.optimizers import OPTIMIZERS
 

@@ -1,10 +1,11 @@
 """
-Sample text from a trained checkpoint: this project's, or one of the official Sophia code (its out_dir's ckpt.pt).
+Sample text from a trained checkpoint: this project's, or one of the official Sophia code (in its out_dir).
 
-    python sample.py --out_dir=out-cpu-demo --prompt="The history of" --num_samples=2 --max_new_tokens=100
+    python sample.py --out_dir=out-cpu-demo/sophiag --prompt="The history of" --num_samples=2 --max_new_tokens=100
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -29,8 +30,8 @@ def settings_problem(args):
     for name in ("num_samples", "max_new_tokens", "top_k"):
         if getattr(args, name) < 1:
             return f"--{name} must be at least 1, got {getattr(args, name)}"
-    if args.temperature < 0:
-        return f"--temperature must be >= 0 (0: always the likeliest token), got {args.temperature}"
+    if not 0 <= args.temperature < math.inf:  # nan too
+        return f"--temperature must be a number >= 0 (0: always the likeliest token), got {args.temperature}"
     if not args.prompt:
         return "--prompt is empty; give some text to continue, e.g. --prompt=\"The history of\""
     try:
@@ -64,7 +65,7 @@ def main(argv=None):
     enc = gpt2_encoding()
     prompt = torch.tensor([enc.encode(args.prompt, allowed_special={"<|endoftext|>"})], device=args.device)
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    print(f"{args.num_samples} samples from {args.out_dir} (iteration {iter_num}):")
+    print(f"{args.num_samples} sample{'s' if args.num_samples > 1 else ''} from {args.out_dir} (iteration {iter_num}):")
     for _ in range(args.num_samples):
         out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              n_vocab=enc.n_vocab, generator=generator)

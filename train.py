@@ -26,7 +26,7 @@ from data.tokens import DatasetError
 from training.batches import Batches, dataset_dir
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.config import ConfigError, describe_keys, load_config
-from training.distributed import StopRequest, global_mean, init_distributed, synchronize
+from training.distributed import StopRequest, agree, global_mean, init_distributed, synchronize
 from training.evaluation import Evaluator
 from training.log_window import LogWindow, Stopwatch
 from training.metrics import MetricsError, MetricsLog, check_wandb
@@ -36,6 +36,7 @@ from training.refresh import Refresh
 from training.rundir import RunDir, RunDirError
 from training.state import Progress, Run, load_state, load_weights, state_dict
 from training.step import Precision, TrainStep, build_network
+from training.tokenizer import N_VOCAB
 
 
 def build(cfg, dist):
@@ -46,8 +47,7 @@ def build(cfg, dist):
     network = build_network(cfg, dist)
     precision = Precision(cfg, dist.device_type)
     data_dir = dataset_dir(cfg.dataset)
-    train_data, val_data = (Batches(data_dir, split, cfg, dist, network.model.config.vocab_size)
-                            for split in ("train", "val"))
+    train_data, val_data = (Batches(data_dir, split, cfg, dist, N_VOCAB) for split in ("train", "val"))
     spec = OPTIMIZERS[cfg.optimizer_name]
     optimizer = spec.build(network.model.optim_groups(cfg.weight_decay), cfg, dist.device_type == "cuda")
     refresh = (spec.refresh or Refresh)(cfg, dist, network, optimizer, precision, train_data)
@@ -91,33 +91,45 @@ def fail(message):
     sys.exit(1)
 
 
-def start(argv):
-    """The run's config, processes and parts, with its folder claimed by rank 0. A problem is a one-line
-    error, after which nothing that this start created remains."""
-    rundir = None
+def start(argv, stop):
+    """The run's config, processes and parts, with its folder claimed by rank 0 (which settles how the run
+    starts: init_from 'auto' resolved). A problem is a one-line error, and a stop requested meanwhile ends the
+    start; after either, nothing that this start created remains."""
+    rundir, init_from = None, None
     try:
         cfg = load_config(argv)
         cfg, dist = init_distributed(cfg)
         if dist.is_master:
             check_wandb(cfg)
             rundir = RunDir(cfg.out_dir)
-            moved_to = rundir.claim(cfg.init_from, cfg.overwrite)
-            if moved_to:
-                print(f"overwrite=True: moved the run that was in {cfg.out_dir} to {moved_to}")
+            init_from, notes = rundir.claim(cfg.init_from, cfg.overwrite)
+            for note in notes:
+                line(f"note: {note}")
+        cfg = dataclasses.replace(cfg, init_from=agree(init_from, dist))
         if dist.device == "cpu":
             keep_freed_memory()
-        return cfg, dist, build(cfg, dist), rundir
+        run = build(cfg, dist)
     except (ConfigError, DatasetError, CheckpointError, RunDirError, MetricsError) as e:
         if rundir:
             rundir.abandon()
         fail(e)
+    if stop.agreed(dist):
+        if rundir:
+            rundir.abandon()
+        line("stop requested before the first iteration: nothing was written")
+        sys.exit(0)
+    if run.progress.iter_num >= cfg.max_iters and not cfg.eval_only:
+        line(f"the run in {cfg.out_dir} is already at iteration {run.progress.iter_num}, max_iters={cfg.max_iters}: "
+             f"nothing to train (raise max_iters to train on)")
+        sys.exit(0)
+    return cfg, dist, run, rundir
 
 
-def train(run):
-    """Train to max_iters (or until a stop is requested), evaluating, logging and checkpointing."""
+def train(run, stop):
+    """Train to max_iters (or until `stop` is requested), evaluating, logging and checkpointing."""
     cfg, dist, progress, window = run.cfg, run.dist, run.progress, run.window
     files = RunDir(cfg.out_dir)
-    stop, log = StopRequest(), None
+    log = None
 
     def say(*text):  # rank 0 speaks for the run
         if dist.is_master:
@@ -240,10 +252,11 @@ def main(argv=None, then=None):
     if "-h" in argv or "--help" in argv:
         print(usage())
         return
-    cfg, dist, run, rundir = start(argv)
+    stop = StopRequest()  # from the start: a signal at any moment stops the run cleanly
+    cfg, dist, run, rundir = start(argv, stop)
     try:
-        train(run)
-    except DatasetError as e:  # a bad token id in a file whose meta.json vouched for it: found mid-run
+        train(run, stop)
+    except CheckpointError as e:  # e.g. the disk filled up while saving: the previous checkpoint is intact
         fail(e)
     except RuntimeError as e:
         if dist.world_size == 1:

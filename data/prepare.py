@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, Features, List, Value
 from tqdm import tqdm
 
-from data.tokens import write_meta, write_tokens
+from data.tokens import META_FILE, write_meta, write_tokens
 from training.tokenizer import EOT, N_VOCAB, gpt2_encoding
 
 SEED = 2357  # nanoGPT's and the Sophia repository's split seed
@@ -69,7 +69,7 @@ def jsonl_document(row_text: str, where: str, text_field: str) -> str:
     try:
         row = json.loads(row_text)
     except json.JSONDecodeError as e:
-        raise PrepareError(f"{where} is not valid JSON ({e.msg} at column {e.colno}); "
+        raise PrepareError(f"{where} is not valid JSON ({e.msg}, column {e.colno}); "
                            "each line must be one JSON object") from None
     if not isinstance(row, dict):
         raise PrepareError(f"{where} is {json_type(row)}, not a JSON object; each line must be an object "
@@ -149,9 +149,13 @@ def tokenize_and_write(splits: dict[str, Dataset], out_dir: str, num_proc: int =
     return meta
 
 
-def make_out_dir(out_dir: str) -> None:
+def make_out_dir(out_dir: str, overwrite: bool = False) -> None:
     """Create out_dir and make (and delete) a file in it, so that an unwritable out_dir is an error
-    before the slow tokenising, not after."""
+    before the slow tokenising, not after. A dataset already there is only replaced with overwrite."""
+    existing = [name for name in ("train.bin", "val.bin", META_FILE) if os.path.exists(os.path.join(out_dir, name))]
+    if existing and not overwrite:
+        raise PrepareError(f"--out {out_dir} already holds a dataset ({', '.join(existing)}); choose another --out, "
+                           "or pass --overwrite to replace it")
     try:
         os.makedirs(out_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out_dir):
@@ -161,9 +165,9 @@ def make_out_dir(out_dir: str) -> None:
 
 
 def prepare_local_files(paths: list[str], out_dir: str, test_size: float = 0.0005, num_proc: int = 1,
-                        text_field: str = "text", split_blank_lines: bool = False) -> dict:
+                        text_field: str = "text", split_blank_lines: bool = False, overwrite: bool = False) -> dict:
     splits = split_train_val(load_documents(paths, text_field, split_blank_lines), test_size)
-    make_out_dir(out_dir)
+    make_out_dir(out_dir, overwrite)
     source = f"local files {', '.join(paths)}; train_test_split(test_size={test_size}, seed={SEED}), test -> val"
     return tokenize_and_write(splits, out_dir, num_proc, source)
 
@@ -181,12 +185,13 @@ def main() -> None:
     parser.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--text_field", default="text", help="JSONL field holding the text")
     parser.add_argument("--split_blank_lines", action="store_true", help="blank lines separate .txt documents")
+    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     args = parser.parse_args()
     if not 0 < args.test_size < 1:
         parser.error("--test_size must be a fraction in (0, 1)")
     try:
         meta = prepare_local_files(args.input, args.out, args.test_size, args.num_proc,
-                                   args.text_field, args.split_blank_lines)
+                                   args.text_field, args.split_blank_lines, args.overwrite)
     except PrepareError as e:
         sys.exit(f"error: {e}")
     print_counts(meta, args.out)

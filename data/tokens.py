@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from training.files import atomic_write
 
@@ -21,12 +22,16 @@ class DatasetError(Exception):
     """A token file is missing or not what training expects; the message says how to remake it."""
 
 
+DATA = os.path.dirname(os.path.abspath(__file__))
+
+
 def prepare_command(data_dir: str) -> str:
-    """The command that makes the dataset in data_dir: its own prepare.py if it has one."""
+    """The command that makes the dataset in data_dir (a path from the working directory): its own prepare.py
+    if it has one, else data/prepare.py, named from the working directory too."""
     script = os.path.join(data_dir, "prepare.py")
     if os.path.isfile(script):
         return f"python {script}"
-    return f"python data/prepare.py --input <your text files> --out {data_dir}"
+    return f"python {os.path.relpath(os.path.join(DATA, 'prepare.py'))} --input <your text files> --out {data_dir}"
 
 
 def dataset_error(path: str, problem: str) -> DatasetError:
@@ -104,17 +109,30 @@ def open_split(data_dir: str, split: str, vocab_size: int | None = None) -> np.m
     return np.memmap(path, dtype=DTYPE, mode="r")
 
 
-def check_all_tokens(tokens: np.ndarray, vocab_size: int, where: str, chunk: int = 1 << 26) -> None:
-    """check_tokens over a whole (memory-mapped) file, 128 MB at a time."""
-    for start in range(0, len(tokens), chunk):
-        check_tokens(tokens[start:start + chunk], vocab_size, where)
-
-
-def check_tokens(tokens: np.ndarray, vocab_size: int, where: str) -> None:
-    """Raise DatasetError if any id in tokens (read from the file `where`) is >= vocab_size.
-    Cheap enough for every batch: one reduction, no copy."""
-    if tokens.size == 0:
-        return
-    largest = int(tokens.max())
-    if largest >= vocab_size:
-        raise dataset_error(where, f"has token id {largest} >= vocab_size {vocab_size}")
+def verify_tokens(path: str, n_vocab: int, chunk: int = 1 << 26) -> None:
+    """Raise DatasetError unless every id in the token file at `path` is below n_vocab (the tokenizer's
+    vocabulary; the model's padded output layer is larger, so a bad id would train silently). The scan runs
+    once per version of the file: a stamp beside it (<path>.verified: its size, modification time and inode)
+    skips it until the file changes. 128 MB at a time, with a progress bar for large files."""
+    stat = os.stat(path)
+    stamp_path = path + ".verified"
+    version = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino, "n_vocab": n_vocab}
+    try:
+        with open(stamp_path) as f:
+            if json.load(f) == version:
+                return
+    except (OSError, ValueError):
+        pass
+    tokens = np.memmap(path, dtype=DTYPE, mode="r")
+    starts = range(0, len(tokens), chunk)
+    for start in tqdm(starts, desc=f"checking {path}", unit="chunk", disable=len(starts) < 8):
+        part = tokens[start:start + chunk]
+        if part.size and int(part.max()) >= n_vocab:
+            at = start + int(np.argmax(part >= n_vocab))
+            raise dataset_error(path, f"has token id {int(tokens[at])} at position {at:,}, but the tokenizer's "
+                                      f"ids are below {n_vocab}")
+    try:
+        with atomic_write(stamp_path) as f:
+            f.write(json.dumps(version).encode())
+    except OSError:  # a read-only dataset folder: check again next time
+        pass

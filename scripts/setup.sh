@@ -8,3 +8,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python -m pip install -q --upgrade pip
 python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
 python -m pip install -q -e ".[test,hf]"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # run, not sourced: the environment ends with this script
+    echo "set up .venv; in your shell: source .venv/bin/activate"
+fi

@@ -3,8 +3,10 @@ train.py in this process or as a subprocess or under torchrun, reading a run's r
 the statistics of the samplers' tests."""
 
 import contextlib
+import glob
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -236,3 +238,50 @@ def argmax_continuation(model, ids: list[int], n: int) -> list[int]:
         logits, _ = model(torch.tensor([ids]))
         ids = ids + [int(logits[0, -1, :N_VOCAB].argmax())]
     return ids
+
+
+def logged_iterations(out_dir, which="train/loss"):
+    """Iterations of the complete lines of out_dir/metrics.jsonl that carry `which`, read while a run may be
+    writing (a last line without its newline is not counted)."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        complete = f.read().split("\n")[:-1]
+    return [int(re.search(r'"iter": (\d+)', line).group(1)) for line in complete if f'"{which}"' in line]
+
+
+def descendants(pid):
+    """Process ids below pid (torchrun's workers), from /proc."""
+    found = []
+    for task in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(task) as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:  # the process ended meanwhile
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
+@contextlib.contextmanager
+def running(command, cwd, logs):
+    """A subprocess with unbuffered output into logs/stdout and logs/stderr; it and its children are
+    SIGKILLed on the way out if still running (so a failed test leaves no orphaned torchrun worker)."""
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
+        proc = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                env=subprocess_env(PYTHONUNBUFFERED="1"), start_new_session=False)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            for child in descendants(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            proc.kill()
+        proc.wait()
+
+
+def train_command(argv):
+    return [sys.executable, TRAIN_PY, *argv]

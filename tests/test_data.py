@@ -2,6 +2,7 @@ import importlib.util
 import json
 import lzma
 import os
+import re
 import subprocess
 import sys
 
@@ -10,20 +11,8 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from data.prepare import (
-    load_documents,
-    read_documents,
-    split_train_val,
-    tokenize_and_write,
-)
-from data.tokens import (
-    DatasetError,
-    check_tokens,
-    open_split,
-    read_meta,
-    write_meta,
-    write_tokens,
-)
+from data.prepare import PrepareError, load_documents, read_documents, split_train_val, tokenize_and_write
+from data.tokens import DatasetError, open_split, read_meta, verify_tokens, write_meta, write_tokens
 from training.tokenizer import EOT, N_VOCAB, gpt2_encoding
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +146,9 @@ BAD_INPUTS = [  # file name, its bytes (None: no such file), what the error says
     ("blank.jsonl", b"\n  \n", "{path} has no documents"),
     ("latin1.txt", "café".encode("latin-1"), "{path} is not UTF-8 text"),
     ("notes.md", b"# notes", "{path}: unsupported input, expected .txt or .jsonl"),
-    ("bad.jsonl", b'{"text": "a"}\n\n{"text": "b",}\n', "{path}:3 is not valid JSON"),  # the blank line counts
+    ("bad.jsonl", b'{"text": "a"}\n\n{"text": "b",}\n', "{path}:3 is not valid JSON ("),  # the blank line counts
+    # the reason ends "starting at": then the column, not "at at column"
+    ("unterminated.jsonl", b'{"text": "a', "{path}:1 is not valid JSON (Unterminated string starting at, column 10)"),
     ("array.jsonl", b'{"text": "a"}\n["b"]\n', "{path}:2 is an array, not a JSON object; each line must be an "
                                                 "object holding its text in the field named by --text_field"),
     ("other.jsonl", b'\n{"body": "a"}\n', "{path}:2 has no 'text' field; pick the field with --text_field"),
@@ -212,8 +203,16 @@ def test_open_split_reads_tokens(dataset_dir):
 
 
 def test_open_split_missing_file_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
     with pytest.raises(DatasetError, match=r"nope/train.bin not found.*`python data/prepare.py --input"):
         open_split(str(tmp_path / "nope"), "train")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the command names data/prepare.py as reached from the working directory
+    with pytest.raises(DatasetError) as e:
+        open_split("data/mytext", "train")
+    script = re.search(r"`python (\S+) --input <your text files> --out data/mytext`", str(e.value)).group(1)
+    assert os.path.samefile(script, os.path.join(REPO_ROOT, "data", "prepare.py"))
     monkeypatch.chdir(REPO_ROOT)
     with pytest.raises(DatasetError, match=r"`python data/enwiki_sample/prepare.py`"):
         open_split("data/enwiki_sample", "no_such_split")
@@ -250,14 +249,34 @@ def test_open_split_without_meta(dataset_dir):
     assert open_split(dataset_dir, "val").size == expected_tokens(DOCS[:2]).size
 
 
-def test_check_tokens(dataset_dir):
-    tokens = open_split(dataset_dir, "train")
-    check_tokens(tokens, N_VOCAB, "train.bin")
-    check_tokens(tokens[:0], 1, "train.bin")
-    bad = np.array([1, 2, 50257], dtype=np.uint16)
-    where = os.path.join(dataset_dir, "train.bin")
-    with pytest.raises(DatasetError, match=r"train.bin has token id 50257 >= vocab_size 50257; make it with `python"):
-        check_tokens(bad, N_VOCAB, where)
+def test_verify_tokens_scans_each_version_of_a_file_once(dataset_dir, monkeypatch):
+    """Every id is checked against the tokenizer's vocabulary (ids 50257-50303 fit the model's padded output
+    layer, so only this check catches them), with the first bad one's position; a stamp beside the file skips
+    the scan until the file changes."""
+    import data.tokens
+    path = os.path.join(dataset_dir, "train.bin")
+    stamp = path + ".verified"
+    verify_tokens(path, N_VOCAB)
+    assert os.path.exists(stamp)
+    scans = []
+    real = np.memmap
+    monkeypatch.setattr(data.tokens.np, "memmap", lambda *a, **kw: scans.append(a) or real(*a, **kw))
+    verify_tokens(path, N_VOCAB)
+    assert scans == []  # the stamp vouched for the file
+    tokens = read_bin(path).copy()
+    tokens[20] = 50300
+    write_tokens(path, tokens)
+    with pytest.raises(DatasetError, match=r"train.bin has token id 50300 at position 20, but the tokenizer's ids "
+                                           r"are below 50257; make it with `python"):
+        verify_tokens(path, N_VOCAB)
+    assert len(scans) == 1  # the file changed: scanned again
+    tokens[20] = 7
+    write_tokens(path, tokens)
+    verify_tokens(path, N_VOCAB, chunk=10)  # chunked, the scan sees every id
+    tokens[25] = 60000
+    write_tokens(path, tokens)
+    with pytest.raises(DatasetError, match="id 60000 at position 25"):
+        verify_tokens(path, N_VOCAB, chunk=10)
 
 
 # data/tokens.py: atomic writes
@@ -325,8 +344,45 @@ def test_openwebtext_loader_reads_parquet_shards_in_order(tmp_path, monkeypatch)
     docs = owt.load_openwebtext(num_proc=1)
     assert docs["text"] == [f"shard {s} row {i}" for s in range(3) for i in range(4)]
     monkeypatch.setattr(owt, "OPENWEBTEXT_DOCUMENTS", 8_013_769)
-    with pytest.raises(SystemExit, match="has 12 documents, expected 8,013,769"):
+    with pytest.raises(PrepareError, match="has 12 documents, expected 8,013,769"):
         owt.load_openwebtext(num_proc=1)
+
+
+def test_prepare_refuses_to_replace_a_dataset_unless_asked(tmp_path):
+    (tmp_path / "docs.txt").write_text("one\n\ntwo\n\nthree\n", encoding="utf-8")
+    out = tmp_path / "data" / "mine"
+    common = ("--input", str(tmp_path / "docs.txt"), "--split_blank_lines", "--out", str(out))
+    run_script("data/prepare.py", *common)
+    before = {name: (out / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")}
+    line = prepare_error_line(*common)
+    assert f"--out {out} already holds a dataset (train.bin, val.bin, meta.json)" in line and "--overwrite" in line
+    assert {name: (out / name).read_bytes() for name in before} == before
+    run_script("data/prepare.py", *common, "--overwrite")
+
+
+def one_line_failure(result):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def test_openwebtext_input_errors_are_one_line(tmp_path):
+    (tmp_path / "page.jsonl").write_text('{"text": "a"}\n{"body": "b"}\n', encoding="utf-8")
+    for path, message in ((tmp_path / "missing.jsonl", "No such file or directory"),
+                          (tmp_path / "page.jsonl", "page.jsonl:2 has no 'text' field")):
+        result = subprocess.run([sys.executable, "data/openwebtext/prepare.py", "--input", str(path), "--out",
+                                 str(tmp_path / "owt")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert message in one_line_failure(result)
+    assert not (tmp_path / "owt").exists()
+
+
+def test_openwebtext_from_an_unreachable_hub_is_one_line(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run([sys.executable, "data/openwebtext/prepare.py", "--out", str(tmp_path / "owt"),
+                             "--num_proc", "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    line = one_line_failure(result)
+    assert "cannot load OpenWebText from the Hugging Face Hub" in line and "--input" in line
+    assert not (tmp_path / "owt").exists()
 
 
 def test_openwebtext_prepare_with_local_input(tmp_path):
@@ -337,3 +393,81 @@ def test_openwebtext_prepare_with_local_input(tmp_path):
     meta = read_meta(str(tmp_path / "owt"))
     assert meta["documents"] == {"train": 9, "val": 1}  # ceil(0.0005 * 10) = 1
     assert "seed=2357" in meta["source"]
+
+
+# data/enwiki/prepare.py: the corpus rebuilt from its public source
+
+def wikiextractor_source(folder, articles):
+    """The source's layout (text/AA/wiki_00 ... text/AD/wiki_99) with `articles` (title, body) as WikiExtractor
+    writes them, spread over the first three files; the other files empty."""
+    enwiki = load_script("data/enwiki/prepare.py")
+    for name in enwiki.SOURCE_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("")
+    for i, (title, body) in enumerate(articles):
+        with open(folder / enwiki.SOURCE_FILES[i % 3], "a", encoding="utf-8") as f:
+            f.write(f'<doc id="{i}" url="https://en.wikipedia.org/wiki?curid={i}" title="{title}">\n'
+                    f"{title}\n\n{body}\n</doc>\n")
+    return enwiki
+
+
+def shipped_articles():
+    """(title, body) of the articles of the embedded Wikipedia sample (its raw text, shipped in the repository)."""
+    text = lzma.open(os.path.join(REPO_ROOT, "data", "enwiki_sample", "enwiki-sample.txt.xz"), "rt").read()
+    return [tuple(article.split("\n", 1)) for article in text.strip().split("\n\n")]
+
+
+def test_enwiki_processing_on_documents_in_the_sources_format(tmp_path):
+    """The rebuild's processing, on the sample's articles written as WikiExtractor files, with a short document
+    among them and small split and cap settings: documents in file order (wiki_00, wiki_01, ...), short ones
+    dropped, every val_every-th of the rest val, training documents taken until the next would pass the cap,
+    which ends both splits; tokens are encode_ordinary + EOT."""
+    articles = shipped_articles()[:40]
+    articles.insert(5, ("Stub", "Too short."))  # under 200 characters: dropped
+    enwiki = wikiextractor_source(tmp_path, articles)
+    in_file_order = [articles[i] for f in range(3) for i in range(len(articles)) if i % 3 == f]
+    documents = list(enwiki.source_documents(str(tmp_path)))
+    assert documents == [f"{title}\n\n{body}".strip() for title, body in in_file_order]
+
+    encode = gpt2_encoding().encode_ordinary
+    kept = [doc for doc in documents if len(doc) >= 200]
+    assert len(kept) == len(documents) - 1
+    tokens = [np.array(encode(doc) + [EOT], dtype=np.uint16) for doc in kept]
+    cap = sum(t.size for i, t in enumerate(tokens[:30]) if i % 7)  # the training documents among the first 30
+    splits = enwiki.select(documents, encode, val_every=7, train_tokens=cap)
+    assert [t.tolist() for t in splits["val"]] == [tokens[i].tolist() for i in range(0, 30, 7)]
+    assert [t.tolist() for t in splits["train"]] == [tokens[i].tolist() for i in range(30) if i % 7]
+    assert sum(t.size for t in splits["train"]) == cap  # the 31st document would pass it
+
+
+def test_enwiki_rebuild_checks_the_published_sha256(tmp_path, monkeypatch):
+    """Documents that are not the corpus give tokens whose sha256 is not the published one: one line, nothing
+    kept. Offline, the download says how to go on without internet."""
+    enwiki = wikiextractor_source(tmp_path / "source", shipped_articles()[:12])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(enwiki.CorpusError, match=r"does not give the published train.bin .*nothing was kept"):
+        enwiki.rebuild(str(tmp_path / "source"), str(out))
+    assert os.listdir(out) == []
+    monkeypatch.setattr(enwiki, "SOURCE", "http://127.0.0.1:9/")  # nothing listens there
+    with pytest.raises(enwiki.CorpusError, match=r"cannot download http://127.0.0.1:9/text/AA/wiki_00 .*--src"):
+        enwiki.download(str(tmp_path / "cache"))
+    assert not glob_files(tmp_path / "cache")
+
+
+def test_enwiki_download_fetches_each_source_file_once(tmp_path, monkeypatch):
+    """The download (from a file:// copy here) keeps the source's layout and skips what it already has."""
+    source = tmp_path / "source"
+    enwiki = wikiextractor_source(source, shipped_articles()[:3])
+    monkeypatch.setattr(enwiki, "SOURCE", source.as_uri() + "/")
+    cache = tmp_path / "cache"
+    enwiki.download(str(cache))
+    assert all((cache / name).read_bytes() == (source / name).read_bytes() for name in enwiki.SOURCE_FILES)
+    fetched = []
+    monkeypatch.setattr(enwiki.urllib.request, "urlopen", lambda *a, **kw: fetched.append(a))
+    enwiki.download(str(cache))
+    assert fetched == []
+
+
+def glob_files(folder):
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []

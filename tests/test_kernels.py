@@ -29,34 +29,17 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
-    args,
-    chi_square_quantile,
-    chi_square_statistic,
-    fails_cleanly,
-    run_main,
-    tiny_config,
-)
+from conftest import args, chi_square_quantile, chi_square_statistic, fails_cleanly, run_main, tiny_config
 
 import sophia
 import train
 import training.distributed
 import training.kernels as kernels
 from model import GPT, GPTConfig
-from sophia import (
-    sample_from_linear,
-    sample_from_logits,
-    sampled_cross_entropy,
-    sampled_linear_cross_entropy,
-)
+from sophia import sample_from_linear, sample_from_logits, sampled_cross_entropy, sampled_linear_cross_entropy
 from training.checkpoint import load_checkpoint
 from training.distributed import init_distributed
-from training.kernels import (
-    OUTPUT_LAYERS,
-    check_fp8,
-    check_output_layer,
-    torch_linear_cross_entropy,
-)
+from training.kernels import OUTPUT_LAYERS, check_fp8, check_output_layer, torch_linear_cross_entropy
 from training.metrics import read_metrics
 
 F64 = torch.float64

@@ -8,14 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from conftest import (
-    argmax_continuation,
-    args,
-    one_error_line,
-    run_main,
-    run_sample,
-    run_train_subprocess,
-)
+from conftest import argmax_continuation, args, one_error_line, run_main, run_sample, run_train_subprocess
 
 import train
 from model import GPT, GPTConfig
@@ -228,7 +221,7 @@ def test_sample_py_samples_from_an_official_checkpoint(tmp_path):
     result = run_sample(tmp_path, "--out_dir=run", "--temperature=0", "--max_new_tokens=8", "--num_samples=1",
                         "--device=cpu")
     assert result.returncode == 0, result.stderr.decode()
-    expected = f"1 samples from run (iteration 1000):\n{enc.decode([t for t in ids if t != EOT])}\n{'-' * 60}\n"
+    expected = f"1 sample from run (iteration 1000):\n{enc.decode([t for t in ids if t != EOT])}\n{'-' * 60}\n"
     assert result.stdout.decode() == expected
 
 

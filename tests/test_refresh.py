@@ -29,18 +29,8 @@ from torch.func import functional_call
 
 import sophia
 from model import GPT, GPTConfig
-from sophia import (
-    SophiaG,
-    SophiaH,
-    fold_in_estimate,
-    gnb_refresh,
-    hutchinson_refresh,
-    micro_batch_seed,
-    rademacher_like,
-    sampled_cross_entropy,
-    sampled_gradient,
-    seeded,
-)
+from sophia import (SophiaG, SophiaH, fold_in_estimate, gnb_refresh, hutchinson_refresh, micro_batch_seed,
+                    rademacher_like, sampled_cross_entropy, sampled_gradient, seeded)
 
 B, T, V = 2, 16, 64  # sequences per micro-batch, their length, vocabulary size
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))

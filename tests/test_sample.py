@@ -46,7 +46,7 @@ def test_generate_at_temperature_zero_is_greedy_whatever_the_generator():
 def test_sample_at_temperature_zero_prints_the_greedy_continuation(run_dir):
     enc = gpt2_encoding()
     ids = argmax_continuation(tiny_model(), enc.encode("\n"), 20)
-    expected = f"1 samples from run (iteration 0):\n{enc.decode([t for t in ids if t != EOT])}\n{'-' * 60}\n"
+    expected = f"1 sample from run (iteration 0):\n{enc.decode([t for t in ids if t != EOT])}\n{'-' * 60}\n"
     for seed in (1, 2):
         result = run_sample(run_dir.parent, "--out_dir=run", "--temperature=0", "--max_new_tokens=20",
                             "--num_samples=1", f"--seed={seed}", "--device=cpu")
@@ -64,7 +64,9 @@ def sample_error_line(cwd, *args: str) -> str:
 
 @pytest.mark.parametrize("args, message", [
     (["--prompt="], "--prompt is empty; give some text to continue"),
-    (["--temperature=-0.5"], "--temperature must be >= 0 (0: always the likeliest token), got -0.5"),
+    (["--temperature=-0.5"], "--temperature must be a number >= 0 (0: always the likeliest token), got -0.5"),
+    (["--temperature=nan"], "--temperature must be a number >= 0 (0: always the likeliest token), got nan"),
+    (["--temperature=inf"], "--temperature must be a number >= 0 (0: always the likeliest token), got inf"),
     (["--num_samples=0"], "--num_samples must be at least 1, got 0"),
     (["--max_new_tokens=-3"], "--max_new_tokens must be at least 1, got -3"),
     (["--top_k=0"], "--top_k must be at least 1, got 0"),

@@ -19,15 +19,8 @@ from conftest import chi_square_quantile, chi_square_statistic
 from torch.func import functional_call, grad, jacrev, vmap
 
 from model import GPT, GPTConfig
-from sophia import (
-    Lion,
-    SophiaG,
-    SophiaH,
-    hessian_vector_product,
-    rademacher_like,
-    sample_from_logits,
-    sampled_cross_entropy,
-)
+from sophia import (Lion, SophiaG, SophiaH, hessian_vector_product, rademacher_like, sample_from_logits,
+                    sampled_cross_entropy)
 
 IMPLS = ["single", "foreach"]  # the fused (torch.compile) body has its own test: compiling is slow on CPU
 F64 = torch.float64

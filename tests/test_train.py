@@ -38,38 +38,16 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed
-from conftest import (
-    GLOO,
-    REPO_ROOT,
-    TINY,
-    TORCHRUN,
-    TRAIN_PY,
-    args,
-    file_bytes,
-    kind,
-    one_error_line,
-    records,
-    run_main,
-    run_train_subprocess,
-    subprocess_env,
-    tiny_config,
-    torchrun,
-    wait_for,
-    working_directory,
-)
+from conftest import (GLOO, REPO_ROOT, TINY, TORCHRUN, TRAIN_PY, args, file_bytes, kind, one_error_line, records,
+                      run_main, run_train_subprocess, subprocess_env, tiny_config, torchrun, wait_for,
+                      working_directory)
 
 import train
 from model import GPT, GPTConfig
 from sophia import sampled_cross_entropy
 from training.batches import Batches
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from training.config import (
-    OPTIMIZER_NAMES,
-    Config,
-    ConfigError,
-    load_config,
-    make_config,
-)
+from training.config import OPTIMIZER_NAMES, Config, ConfigError, load_config, make_config
 from training.distributed import accumulation_steps, init_distributed
 from training.log_window import Stopwatch
 from training.metrics import MetricsError, read_metrics

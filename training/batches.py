@@ -6,13 +6,7 @@ import os
 import numpy as np
 import torch
 
-from data.tokens import (
-    DatasetError,
-    check_all_tokens,
-    check_tokens,
-    open_split,
-    read_meta,
-)
+from data.tokens import DatasetError, open_split, verify_tokens
 from training.distributed import generator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,12 +31,12 @@ class Batches:
     all of them in order.
     """
 
-    def __init__(self, data_dir, split, cfg, dist, vocab_size):
-        self.path, self.vocab_size = os.path.join(data_dir, f"{split}.bin"), vocab_size
-        tokens = open_split(data_dir, split, vocab_size)  # checks the file and its meta.json
-        self.n_tokens = len(tokens)
-        if read_meta(data_dir) is None and dist.is_master:  # no meta.json to vouch for the ids: look at them all
-            check_all_tokens(tokens, vocab_size, self.path)
+    def __init__(self, data_dir, split, cfg, dist, n_vocab):
+        """`n_vocab`: the tokenizer's vocabulary; rank 0 checks every id of the file against it, once per file."""
+        self.path = os.path.join(data_dir, f"{split}.bin")
+        self.n_tokens = len(open_split(data_dir, split, n_vocab))  # checks the file and its meta.json
+        if dist.is_master:
+            verify_tokens(self.path, n_vocab)
         if self.n_tokens <= cfg.block_size:
             raise DatasetError(f"{self.path} has {self.n_tokens} tokens, fewer than block_size + 1 = "
                                f"{cfg.block_size + 1}")
@@ -78,7 +72,6 @@ class Batches:
         """Inputs and targets (each (len(starts), block_size)) on this process's device."""
         data = np.memmap(self.path, dtype=np.uint16, mode="r")  # a fresh memmap per batch: no memory leak (nanoGPT)
         tokens = np.stack([data[s:s + self.block_size + 1] for s in starts])
-        check_tokens(tokens, self.vocab_size, self.path)
         tokens = torch.from_numpy(tokens.astype(np.int64))
         if torch.device(self.dist.device).type == "cuda":
             tokens = tokens.pin_memory().to(self.dist.device, non_blocking=True)  # async copy

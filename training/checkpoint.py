@@ -7,6 +7,7 @@ import dataclasses
 import os
 import random
 import re
+import shutil
 import warnings
 
 import numpy as np
@@ -29,16 +30,40 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(state, path):
     """Write `state` to `path` so that a crash or kill mid-write never damages the previous checkpoint
-    (a temporary file beside it, fsynced, then renamed over it)."""
-    with atomic_write(path) as f:
-        torch.save(state, f)
+    (a temporary file beside it, fsynced, then renamed over it). A write that fails (a full disk: torch's zip
+    writer says "unexpected pos") is a one-line CheckpointError that names the folder and the space needed."""
+    try:
+        with atomic_write(path) as f:
+            torch.save(state, f)
+    except (OSError, RuntimeError) as e:
+        folder = os.path.dirname(os.path.abspath(path))
+        need = sum(t.numel() * t.element_size() for t in tensors_in(state))
+        free = shutil.disk_usage(folder).free
+        reason = "the disk is full" if free < 2 * need else short_reason(e) if isinstance(e, RuntimeError) else e.strerror
+        raise CheckpointError(f"cannot write the checkpoint {path}: {reason} (it needs about {need / 1e9:.2g} GB, "
+                              f"{free / 1e9:.2g} GB are free in {folder}); free some space there and resume with "
+                              f"--init_from=resume. The previous checkpoint, if any, is intact") from None
+
+
+def tensors_in(value):
+    """Every tensor in a nested state (dicts, lists, tuples)."""
+    if torch.is_tensor(value):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from tensors_in(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from tensors_in(v)
 
 
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint at `path`, loaded with weights_only=True: tensors and plain Python values only,
     so a checkpoint from elsewhere cannot run code."""
     if not os.path.exists(path):
-        raise CheckpointError(f"no checkpoint at {path} to resume from; train with init_from='scratch' first")
+        raise CheckpointError(f"no checkpoint at {path} to resume from: start the run with init_from='scratch' (the "
+                              f"files of a run that never saved one are moved aside), or use init_from='auto', which "
+                              f"resumes when there is a checkpoint and starts afresh when there is none")
     try:
         with warnings.catch_warnings():
             # unpickling garbage can warn too (e.g. of an odd pickle protocol); the error below says it all

@@ -49,8 +49,10 @@ class Config:
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # else save at an evaluation only when val loss improved
     checkpoint_interval: int = 0  # save at evaluations only every this many iterations; 0 = at each one
-    # 'scratch' (a new run), 'resume' (continue out_dir/ckpt.pt), or a checkpoint's path ending in .pt: a new
-    # run that starts from its weights (fine-tuning; ours or the official code's), with a fresh optimizer
+    # 'scratch' (a new run), 'resume' (continue the run in out_dir from its checkpoint), 'auto' (resume if out_dir
+    # has a checkpoint, else start afresh: one command a scheduler can requeue forever), or a checkpoint's path
+    # ending in .pt: a new run that starts from its weights (fine-tuning; ours or the official code's), with a
+    # fresh optimizer
     init_from: str = "scratch"
     # a run from scratch refuses an out_dir that holds a run; True moves that run's files into
     # out_dir/overwritten-<date-time>/ first (nothing is deleted)
@@ -126,7 +128,7 @@ class Config:
 
 CHOICES = {
     "optimizer_name": OPTIMIZER_NAMES,
-    "init_from": ("scratch", "resume"),
+    "init_from": ("scratch", "resume", "auto"),
     "val_eval": ("sample", "full"),
     "dtype": ("bfloat16", "float16", "float32"),
     "gnb_batch": ("fresh", "train"),
@@ -229,13 +231,23 @@ def read_config_file(path):
     in_repo = os.path.join(os.path.dirname(CONFIG_DIR), path)
     if not os.path.exists(path) and not os.path.isabs(path) and os.path.exists(in_repo):
         path = in_repo
+    if not path.endswith(".py"):
+        raise ConfigError(f"config file {path}: config files are Python (`key = value` lines, as in config/*.py), "
+                          f"not {os.path.splitext(path)[1] or 'a file without .py'}; write it as a .py file")
     try:
         source = open(path).read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     namespace = {}
     try:
-        exec(compile(source, path, "exec"), namespace)
+        tree = ast.parse(source, path)
+        for node in ast.walk(tree):  # `key: value` is valid Python that sets nothing (YAML's syntax)
+            if isinstance(node, ast.AnnAssign) and node.value is None:
+                raise ConfigError(f"config file {path} line {node.lineno}: `{ast.get_source_segment(source, node)}` "
+                                  f"sets nothing; write `key = value`")
+        exec(compile(tree, path, "exec"), namespace)
+    except ConfigError:
+        raise
     except Exception as e:  # any error in the file: report it in one line
         where = f" line {e.lineno}" if isinstance(e, SyntaxError) else ""
         raise ConfigError(f"config file {path}{where}: {type(e).__name__}: {e}") from None
@@ -317,6 +329,12 @@ def check_values(cfg):
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head} (each head gets "
                           f"n_embd / n_head channels); change one of them")
+    if not cfg.out_dir.strip():
+        raise ConfigError("config key 'out_dir' is empty; name the run's folder, e.g. --out_dir=out-mine")
+    if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
+        raise ConfigError(f"min_lr={cfg.min_lr:g} is above learning_rate={cfg.learning_rate:g}: the schedule would "
+                          f"rise instead of decaying; set min_lr <= learning_rate (the paper configs: about "
+                          f"learning_rate / 20 to / 40)")
     if cfg.fp8 and cfg.optimizer_name == "sophiah":
         raise ConfigError("fp8=True cannot run Sophia-H's refresh: float8 matmuls have no double backward")
     if cfg.decay_lr and cfg.lr_decay_iters <= cfg.warmup_iters:

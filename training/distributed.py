@@ -47,6 +47,12 @@ def init_distributed(cfg):
     if cuda and not torch.cuda.is_available():
         raise ConfigError(f"device={cfg.device!r} but PyTorch sees no CUDA GPU here (torch {torch.__version__}); "
                           f"use --device=cpu, or device='auto' to take a GPU when there is one")
+    kind = torch.device(device).type
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={cfg.device!r} but PyTorch has no Apple GPU (MPS) here; use --device=cpu, or "
+                          f"device='auto' to take a GPU when there is one")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={cfg.device!r}: this project runs on 'cpu', 'cuda' or 'mps'")
     if cuda and (torch.device(device).index or 0) >= torch.cuda.device_count():
         raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} GPU(s), "
                           f"numbered from 0")
@@ -98,6 +104,15 @@ def accumulation_steps(global_seqs, batch_size, world_size, key="total_bs"):
     return global_seqs // per_step
 
 
+def agree(value, dist):
+    """Rank 0's value on every rank (a collective on the control group)."""
+    if dist.world_size > 1:
+        box = [value]
+        torch_dist.broadcast_object_list(box, src=0, group=dist.control_group)
+        value = box[0]
+    return value
+
+
 def generator(seed, device="cpu"):
     return torch.Generator(device).manual_seed(seed)
 
@@ -119,7 +134,8 @@ def global_mean(value, dist):
 class StopRequest:
     """SIGTERM or SIGINT asks the run to stop: every rank finishes its current iteration (or abandons an
     evaluation), they agree, rank 0 saves one checkpoint, and each process exits 0 (clusters send SIGTERM
-    before pre-emption). A second signal ends the process at once.
+    before pre-emption); during the start, the start is undone instead. A second signal ends the process at
+    once, with one line (a checkpoint being written then is left unfinished, and the next start removes it).
 
     Under torchrun, signal the launcher: it forwards the signal once to every worker and SIGKILLs those still
     running 30 s later. Its own exit status varies, so judge a stopped run by its checkpoint."""
@@ -131,7 +147,12 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         self.requested = True
-        signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signum, self._exit_now)
+
+    @staticmethod
+    def _exit_now(signum, frame):
+        os.write(2, f"{signal.Signals(signum).name} again: exiting at once\n".encode())
+        os._exit(128 + signum)
 
     def agreed(self, dist):
         """True on every rank once any rank was signalled (all ranks must stop at the same iteration)."""

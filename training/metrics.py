@@ -14,6 +14,7 @@ iterations again.
 import dataclasses
 import json
 import os
+import sys
 
 
 class MetricsError(ValueError):
@@ -66,11 +67,7 @@ class MetricsLog:
         start = {"config": dataclasses.asdict(cfg)}
         self.write(start if resume_iter is None else {**start, "resumed_from": resume_iter})
         if cfg.wandb_log:
-            import wandb  # only when enabled: the GPU machines may not have it
-
-            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name,
-                                    group=cfg.wandb_group or None, config=dataclasses.asdict(cfg),
-                                    id=wandb_run_id, resume="allow")
+            self.wandb = start_wandb(cfg, wandb_run_id)
 
     @property
     def wandb_run_id(self):
@@ -86,6 +83,27 @@ class MetricsLog:
         self.file.close()
         if self.wandb:
             self.wandb.finish()
+
+
+WANDB_TIMEOUT = 30.0  # seconds wandb may take to start a run (WANDB_INIT_TIMEOUT overrides it)
+
+
+def start_wandb(cfg, run_id):
+    """The run's wandb run. If wandb cannot start it within the timeout (no network, a server that does not
+    answer, a key it refuses), one line says so and the run goes on logging to wandb offline, to sync later."""
+    import wandb  # only when enabled: the GPU machines may not have it
+
+    settings = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, group=cfg.wandb_group or None,
+                    config=dataclasses.asdict(cfg), id=run_id, resume="allow")
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_TIMEOUT))
+    try:
+        return wandb.init(**settings, settings=wandb.Settings(init_timeout=timeout))
+    except Exception as e:  # wandb's own errors (CommError, UsageError, ...): all mean it did not start
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        run = wandb.init(**settings, mode="offline")
+        print(f"note: wandb did not start the run within {timeout:g} s ({reason}); logging to wandb offline instead: "
+              f"upload it later with `wandb sync {os.path.dirname(run.dir)}`", file=sys.stderr, flush=True)
+        return run
 
 
 def check_wandb(cfg):

@@ -9,15 +9,8 @@ from contextlib import nullcontext
 
 import torch
 
-from sophia import (
-    fold_in_estimate,
-    gnb_refresh,
-    hutchinson_refresh,
-    micro_batch_seed,
-    sampled_cross_entropy,
-    sampled_gradient,
-    sampled_linear_cross_entropy,
-)
+from sophia import (fold_in_estimate, gnb_refresh, hutchinson_refresh, micro_batch_seed, sampled_cross_entropy,
+                    sampled_gradient, sampled_linear_cross_entropy)
 from training.distributed import generator
 from training.step import compiler, data_loss
 

@@ -4,13 +4,16 @@ in it at a time, and a new run never replaces an old one.
 
 Before anything is written, the master process claims the folder: an exclusive lock on its lock file
 (fcntl.flock: the kernel drops it when the process ends, however it ends, so it never goes stale), then a
-check that a run from scratch is not about to replace the run already there (its checkpoint or
-metrics). With overwrite=True that run's files are moved into out_dir/overwritten-<date-time>/
-instead: nothing is deleted. A start that fails after the claim removes the folders the claim created.
+check that a run from scratch is not about to replace a run already there. A run with a checkpoint is only
+replaced with overwrite=True, its files moved into out_dir/overwritten-<date-time>/; the files of a run that
+never saved a checkpoint (killed early) are moved into out_dir/unfinished-<date-time>/, so the same command
+starts afresh. Nothing is deleted but the unfinished checkpoint files a killed process left. A start that
+fails after the claim removes the folders the claim created.
 """
 
 import errno
 import fcntl
+import glob
 import os
 import time
 
@@ -34,8 +37,10 @@ class RunDir:
         self.lock = None
 
     def claim(self, init_from, overwrite):
-        """Lock the folder for this process and check it; returns where an overwritten run's files went
-        (None if nothing was moved)."""
+        """Lock the folder for this process, clear what a killed process left, and settle how the run starts.
+        Returns (init_from, notes): 'scratch', 'resume' or a checkpoint's path ('auto' resolved: 'resume' when
+        there is a checkpoint; a checkpoint that was moved aside followed to its new place), and one-line notes
+        on what was done to the folder."""
         try:
             self._make_folders()
             self.lock = open(self.lock_path, "a+")
@@ -54,15 +59,34 @@ class RunDir:
         self.lock.truncate(0)
         self.lock.write(f"{os.getpid()}\n")
         self.lock.flush()
+        notes = []
+        unfinished = glob.glob(glob.escape(self.checkpoint) + ".tmp*")  # the lock says no process writes them now
+        for path in unfinished:
+            os.remove(path)
+        if unfinished:
+            notes.append(f"removed {len(unfinished)} unfinished checkpoint file(s) that a killed process left in "
+                         f"{self.path} ({', '.join(os.path.basename(p) for p in unfinished)})")
+        if init_from == "auto":
+            init_from = "resume" if os.path.exists(self.checkpoint) else "scratch"
         existing = [name for name in RUN_FILES if os.path.exists(os.path.join(self.path, name))]
-        if init_from != "resume" and existing:  # a new run: from scratch or from another run's weights
-            if not overwrite:
-                self.lock.close()
-                raise RunDirError(f"{self.path} already holds a run ({', '.join(existing)}): continue it with "
-                                  f"--init_from=resume, choose another --out_dir, or pass --overwrite=True to "
-                                  f"move its files into {self.path}/overwritten-<date-time>/")
-            return self._move_aside(existing)
-        return None
+        if init_from == "resume" or not existing:
+            return init_from, notes
+        # a new run (from scratch or from a checkpoint's weights) where a run's files are
+        if CHECKPOINT in existing and not overwrite:
+            self.lock.close()
+            raise RunDirError(f"{self.path} already holds a run ({', '.join(existing)}): continue it with "
+                              f"--init_from=resume (or auto), choose another --out_dir, or pass --overwrite=True "
+                              f"to move its files into {self.path}/overwritten-<date-time>/")
+        target = self._move_aside(existing, "overwritten" if CHECKPOINT in existing else "unfinished")
+        if CHECKPOINT in existing:
+            notes.append(f"overwrite=True: moved the run that was in {self.path} to {target}")
+        else:
+            notes.append(f"{self.path} held a run that never saved a checkpoint: moved its files to {target} and "
+                         f"starting afresh")
+        moved = os.path.join(target, CHECKPOINT)
+        if init_from not in ("scratch", "resume") and os.path.abspath(init_from) == os.path.abspath(self.checkpoint):
+            init_from = moved  # fine-tuning from the checkpoint that was just moved aside
+        return init_from, notes
 
     def _make_folders(self):
         missing, folder = [], os.path.abspath(self.path)
@@ -75,12 +99,12 @@ class RunDir:
             os.mkdir(folder)
             self.created.append(folder)
 
-    def _move_aside(self, names):
+    def _move_aside(self, names, why):
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        target, n = os.path.join(self.path, f"overwritten-{stamp}"), 1
-        while os.path.exists(target):  # two overwrites within a second
+        target, n = os.path.join(self.path, f"{why}-{stamp}"), 1
+        while os.path.exists(target):  # two within a second
             n += 1
-            target = os.path.join(self.path, f"overwritten-{stamp}-{n}")
+            target = os.path.join(self.path, f"{why}-{stamp}-{n}")
         os.mkdir(target)
         for name in names:
             os.replace(os.path.join(self.path, name), os.path.join(target, name))

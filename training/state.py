@@ -10,13 +10,7 @@ from dataclasses import dataclass
 
 import torch.distributed as torch_dist
 
-from training.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    model_from_checkpoint,
-    rng_state,
-    set_rng_state,
-)
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, set_rng_state
 
 
 @dataclass
@@ -73,6 +67,9 @@ def state_dict(run):
     }
 
 
+SAME_RUN = ("optimizer_name", "dataset", "total_bs", "seed")  # what a resume must keep (the model's shape too)
+
+
 def load_state(run, ckpt):
     """Continue from a checkpoint; a different model shape or optimizer is a one-line error."""
     cfg, model = run.cfg, run.network.model
@@ -82,10 +79,12 @@ def load_state(run, ckpt):
             if ours.get(key) != value:
                 raise CheckpointError(f"the checkpoint's model has {key}={value!r}, the config {ours.get(key)!r}; "
                                       f"use the checkpoint's settings or another out_dir")
-        theirs = ckpt["config"]["optimizer_name"]
-        if theirs != cfg.optimizer_name:
-            raise CheckpointError(f"the checkpoint was trained with optimizer_name={theirs!r}, the config "
-                                  f"asks for {cfg.optimizer_name!r}")
+        for key in SAME_RUN:  # changing one of these would continue another run in the same log
+            theirs = ckpt["config"][key]
+            if theirs != getattr(cfg, key):
+                raise CheckpointError(f"the checkpoint was trained with {key}={theirs!r}, the config asks for "
+                                      f"{getattr(cfg, key)!r}: resume with the checkpoint's {key}, or start a new "
+                                      f"run in another out_dir (init_from=<the checkpoint's path> starts from its weights)")
         model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         keep_hessian_bs(run.optimizer, ckpt["config"])

@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from datasets import Dataset, load_dataset
 
-from data.prepare import SEED, load_documents, print_counts, split_train_val, tokenize_and_write
+from data.prepare import (SEED, PrepareError, load_documents, make_out_dir, print_counts, split_train_val,
+                          tokenize_and_write)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # nanoGPT's load_dataset("openwebtext") runs the Hub repo's loading script, which datasets >= 4 refuses
@@ -29,11 +30,16 @@ TEST_SIZE = 0.0005
 
 
 def load_openwebtext(num_proc: int) -> Dataset:
-    docs = load_dataset("parquet", data_files={"train": OPENWEBTEXT_PARQUET}, split="train", num_proc=num_proc)
+    try:
+        docs = load_dataset("parquet", data_files={"train": OPENWEBTEXT_PARQUET}, split="train", num_proc=num_proc)
+    except Exception as e:  # no network, the Hub unreachable or offline (HF_HUB_OFFLINE), a file gone
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise PrepareError(f"cannot load OpenWebText from the Hugging Face Hub ({type(e).__name__}: {reason}); "
+                           "check the network (or HF_ENDPOINT, a proxy), or pass your own copy with --input") from None
     if len(docs) != OPENWEBTEXT_DOCUMENTS:
         # a different row count would silently give a different seed-2357 split
-        raise SystemExit(f"{OPENWEBTEXT_PARQUET} has {len(docs):,} documents, expected {OPENWEBTEXT_DOCUMENTS:,}; "
-                         "pass your own copy with --input")
+        raise PrepareError(f"{OPENWEBTEXT_PARQUET} has {len(docs):,} documents, expected {OPENWEBTEXT_DOCUMENTS:,}; "
+                           "pass your own copy with --input")
     return docs
 
 
@@ -43,10 +49,15 @@ def main() -> None:
     parser.add_argument("--out", default=HERE, help="output folder (default: this folder)")
     parser.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1))
     args = parser.parse_args()
-    docs = load_documents(args.input) if args.input else load_openwebtext(args.num_proc)
+    try:
+        docs = load_documents(args.input) if args.input else load_openwebtext(args.num_proc)
+        splits = split_train_val(docs, TEST_SIZE)
+        make_out_dir(args.out, overwrite=True)  # this folder's own dataset: made again, as it was
+    except PrepareError as e:
+        sys.exit(f"error: {e}")
     origin = f"local files {', '.join(args.input)}" if args.input else f"OpenWebText, {OPENWEBTEXT_PARQUET}"
     source = f"{origin}; train_test_split(test_size={TEST_SIZE}, seed={SEED}), test -> val"
-    meta = tokenize_and_write(split_train_val(docs, TEST_SIZE), args.out, args.num_proc, source)
+    meta = tokenize_and_write(splits, args.out, args.num_proc, source)
     print_counts(meta, args.out)
 
 
