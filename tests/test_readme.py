@@ -25,3 +25,18 @@ def test_using_sophia_in_your_own_training_loop_runs_and_learns(tmp_path):
     assert result.returncode == 0, result.stderr
     losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", result.stdout)]
     assert len(losses) >= 3 and losses[0] > 4 and losses[-1] < losses[0] / 10, result.stdout
+
+
+def test_the_setup_leaves_the_environment_usable_as_written():
+    """After `bash scripts/setup.sh` the environment is gone with the script: the README activates it on the same
+    line, and setup.sh, run rather than sourced (demo.sh and .ci/run source it), says how."""
+    readme = open(os.path.join(REPO, "README.md")).read()
+    lines = [line for line in readme.splitlines() if line.startswith("bash scripts/setup.sh")]
+    assert lines and all("&& source .venv/bin/activate" in line for line in lines), lines
+    tail = open(os.path.join(REPO, "scripts", "setup.sh")).read().splitlines()[-3:]
+    assert tail[0].startswith('if [ "${BASH_SOURCE[0]}" = "$0" ]') and "source .venv/bin/activate" in tail[1]
+
+
+def test_the_sample_example_points_at_a_run_the_demo_makes():
+    example = re.search(r"python sample.py --out_dir=(\S+)", open(os.path.join(REPO, "sample.py")).read()).group(1)
+    assert f"--out_dir={example} " in open(os.path.join(REPO, "scripts", "demo.sh")).read()
