@@ -3,7 +3,8 @@ Each training iteration's wall-clock time, with the Hessian refresh and its upda
 their own, and how many graphs torch.compile has compiled so far: where a one-time cost falls, on each rank.
 Sophia-G's paper config at GPT-2 small on bench.py's synthetic data; --key=value config keys override it.
 Lines: "rank R iter I total MS graphs G" for iteration I (from 0); "rank R iter N refresh MS graphs G" (and
-update_hessian) for the refresh at the end of iteration N - 1 (N iterations done).
+update_hessian) for the refresh at the end of iteration N (from 0; the logs in results/multigpu/compile_wait/,
+made before the loop's parts moved into training/, number it N + 1: the iterations done).
 
     python scripts/iteration_times.py 35
     torchrun --standalone --nproc_per_node=2 scripts/iteration_times.py 35
@@ -12,7 +13,6 @@ update_hessian) for the refresh at the end of iteration N - 1 (N iterations done
 as long as rank 1's compilation of the Hessian update outlasted rank 0's.) Lines go to stderr, flushed.
 """
 
-import functools
 import os
 import sys
 
@@ -29,18 +29,20 @@ def report(run, iteration, what, seconds):
           f"graphs {counters['stats']['unique_graphs']}", file=sys.stderr, flush=True)
 
 
-def time_each_call(run, owner, name):
-    """Replace owner.<name> by a copy that reports each call's time."""
-    fn = getattr(owner, name)
+class Timed:
+    """`target` (a function or a callable object) with each call's time reported; its attributes are the target's."""
 
-    @functools.wraps(fn)
-    def timed_fn(*args, **kwargs):
+    def __init__(self, run, target, name):
+        self.run, self.target, self.name = run, target, name
+
+    def __getattr__(self, attribute):
+        return getattr(self.target, attribute)
+
+    def __call__(self, *args, **kwargs):
         out = []
-        seconds = timed(lambda: out.append(fn(*args, **kwargs)), run.dist.device)
-        report(run, run.progress.iter_num, name, seconds)
+        seconds = timed(lambda: out.append(self.target(*args, **kwargs)), self.run.dist.device)
+        report(self.run, self.run.progress.iter_num, self.name, seconds)
         return out[0]
-
-    setattr(owner, name, timed_fn)
 
 
 def main(argv):
@@ -48,8 +50,8 @@ def main(argv):
     overrides = parse_settings([arg.removeprefix("--") for arg in argv[1:]])
     cfg, dist = init_distributed(row_config("small", "sophiag", {"dataset": make_synthetic_dataset(), **overrides}))
     run = build(cfg, dist)
-    time_each_call(run, run.step, "refresh")
-    time_each_call(run, run.optimizer, "update_hessian")
+    run.step.refresh = Timed(run, run.step.refresh, "refresh")
+    run.optimizer.update_hessian = Timed(run, run.optimizer.update_hessian, "update_hessian")
     for i in range(iterations):
         report(run, i, "total", timed(run.iteration, dist.device))
 

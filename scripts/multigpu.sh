@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-results/multigpu}
 RUNS=${RUNS:-out-multigpu}
 SHRINK=${SHRINK:-}
+METRICS=metrics.jsonl CKPT=ckpt.pt  # a run folder's files (training/rundir.py)
 TORCHRUN=${TORCHRUN:-python3 -m torch.distributed.run}  # torchrun of the python3 that has torch
 COMMON="--dataset=enwiki --total_bs=60 --batch_size=30 --max_iters=200 --warmup_iters=20 --lr_decay_iters=200
         --eval_interval=50 --eval_iters=10 --log_interval=10 $SHRINK"
@@ -30,12 +31,12 @@ config() {  # the paper config of an optimizer
 
 now() { date +%s.%N; }
 
-keep_metrics() {  # copy a run's metrics.jsonl beside its log
-    cp "$RUNS/$1/metrics.jsonl" "$RESULTS/$1.metrics.jsonl"
+keep_metrics() {  # copy a run's metrics beside its log
+    cp "$RUNS/$1/$METRICS" "$RESULTS/$1.$METRICS"
 }
 
-wait_for_iter() {  # until $1/metrics.jsonl has a record of iteration >= $2 (or the process $3 ended)
-    until python3 - "$1/metrics.jsonl" "$2" <<'EOF'
+wait_for_iter() {  # until run folder $1's metrics have a record of iteration >= $2 (or the process $3 ended)
+    until python3 - "$1/$METRICS" "$2" <<'EOF'
 import json, sys
 try:
     lines = open(sys.argv[1]).read().splitlines()
@@ -100,7 +101,7 @@ sigterm)  # Sophia-G on 2 GPUs; SIGTERM to the launcher once iteration 100 is lo
     echo "$(now) launcher exit status $?" >> "$RESULTS/events.txt"
     $TORCHRUN --standalone --nproc_per_node=2 "${run[@]}" --init_from=resume > "$RESULTS/resumed.log" 2>&1
     echo "$(now) resumed run's exit status $?" >> "$RESULTS/events.txt"
-    cp "$RUNS/sophiag-2gpu-stopped/metrics.jsonl" "$RESULTS/stopped-resumed.metrics.jsonl"
+    cp "$RUNS/sophiag-2gpu-stopped/$METRICS" "$RESULTS/stopped-resumed.$METRICS"
     ;;
 twonode)  # Sophia-G as two nodes: to iteration 100 (one checkpoint, at 100); resume towards 200, and once
           # iteration 140 is logged SIGKILL node 1's training process: node 0 must exit within dist_timeout
@@ -117,9 +118,9 @@ twonode)  # Sophia-G as two nodes: to iteration 100 (one checkpoint, at 100); re
     kill -KILL "$worker"
     wait $launcher1; s1=$?; echo "$(now) node 1's launcher exit status $s1" >> "$RESULTS/events.txt"
     wait $launcher0; s0=$?; echo "$(now) node 0's launcher exit status $s0" >> "$RESULTS/events.txt"
-    python3 -c "from checkpoint import load_checkpoint; c = load_checkpoint('$RUNS/sophiag-twonode/ckpt.pt'); \
+    python3 -c "from training.checkpoint import load_checkpoint; c = load_checkpoint('$RUNS/sophiag-twonode/$CKPT'); \
 print('checkpoint after the kill: loads, iteration', c['iter_num'])" >> "$RESULTS/events.txt" 2>&1
-    cp "$RUNS/sophiag-twonode/metrics.jsonl" "$RESULTS/twonode.metrics.jsonl"
+    cp "$RUNS/sophiag-twonode/$METRICS" "$RESULTS/twonode.$METRICS"
     ;;
 *)
     echo "unknown step $step" >&2; exit 2 ;;

@@ -68,7 +68,7 @@ def starts(out_dir):
 # ----------------------------------------------------------------------------- 1. an earlier run is kept
 
 @pytest.mark.parametrize("earlier", [("ckpt.pt",), ("ckpt.pt", "metrics.jsonl")],
-                         ids=["ckpt", "metrics", "both"])
+                         ids=["ckpt", "ckpt-and-metrics"])
 def test_a_run_from_scratch_refuses_an_out_dir_holding_a_run(earlier, data_root, tmp_path, capsys):
     """The earlier run's files only need to exist to be protected: their content is not read."""
     out = tmp_path / "out"
