@@ -668,13 +668,16 @@ def measure(name, study, control_study):
     return regime
 
 
-def overall(words, regimes, measured):
-    """One word for a claim from each regime's word, and which regimes it rests on when not all."""
+def overall(words, regimes, measured, not_tests=()):
+    """One word for a claim from each regime's word, and which regimes it rests on when not all (`not_tests`:
+    those whose runs exist but cannot answer the claim)."""
     if not measured:
         return "not measured yet"
     word = words[0] if len(set(words)) == 1 else "mixed"
-    missing = [r.name for r in regimes if r not in measured]
-    return word if not missing else f"{word} (not measured at {', '.join(missing)})"
+    gaps = [f"{why} at {', '.join(r.name for r in rs)}" for why, rs in (
+        ("not a test", [r for r in regimes if r in not_tests]),
+        ("not measured", [r for r in regimes if r not in measured and r not in not_tests])) if rs]
+    return word if not gaps else f"{word} ({'; '.join(gaps)})"
 
 
 def speedup_claim(regimes, factor_key=None):
@@ -718,19 +721,20 @@ def claims_rows(regimes):
     rows.append(["Gradient clipping triggered less often than with AdamW and Lion (clip rate)", *cells,
                  overall(words, regimes, measured)])
 
-    cells, words, measured = [], [], []
+    cells, words, measured, not_tests = [], [], [], []
     for r in regimes:
         c = r.control
         if c is None:
             cells.append("not run yet")
         elif not c["in_band"]:
             cells.append(f"not a test: win_rate {c['win_rate']:.3f}, outside the band")
+            not_tests.append(r)
         else:
             cells.append(f"{c['diff']:+.4f} ({c['low']:+.4f} to {c['high']:+.4f}), win_rate {c['win_rate']:.2f}")
             words.append("yes" if c["low"] > 0 else "no (hurts)" if c["high"] < 0 else "no")
             measured.append(r)
     rows.append(["The Hessian helps: sign momentum minus Sophia-G in the win_rate band (nats, paired by seed)",
-                 *cells, overall(words, regimes, measured)])
+                 *cells, overall(words, regimes, measured, not_tests)])
 
     largest = regimes[-1]
     found = largest.no_scaling

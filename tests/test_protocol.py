@@ -970,7 +970,7 @@ def test_claims_rows_give_each_claim_its_word():
                         "AdamW 0.300, Sophia-G 0.100", "mixed"]
     hessian = rows["The Hessian helps: sign momentum minus Sophia-G in the win_rate band (nats, paired by seed)"]
     assert hessian[1] == "not a test: win_rate 0.020, outside the band"  # its interval is not counted
-    assert hessian[3] == "mixed (not measured at b)" and hessian[2].startswith("+0.0200 (+0.0100 to +0.0300)")
+    assert hessian[3] == "mixed (not a test at b)" and hessian[2].startswith("+0.0200 (+0.0100 to +0.0300)")
     scaling = rows["Trains without the attention's layer-index scaling"]
     assert scaling[:2] == ["—", "—"] and scaling[3] == "yes" and "AdamW diverged" in scaling[2]
     size = rows["The gain grows with model size (S at 124M vs 30M, both 131k)"]
@@ -981,6 +981,10 @@ def test_claims_rows_give_each_claim_its_word():
     rows = {row[0]: row[1:] for row in protocol_report.claims_rows(same)}
     assert rows["2x fewer steps to AdamW's loss (S, 95% interval)"][2:] == ["not run yet", "no (not measured at c)"]
     assert rows["The gain grows with model size (S at 124M vs 30M, both 131k)"][-1] == "not measured yet"
+    partly = [Regime("a", control=control(-0.005, -0.012, 0.008, 0.11)), Regime("b", control=control(0, 0, 0, 0.02)),
+              Regime("c")]
+    hessian = protocol_report.claims_rows(partly)[5]
+    assert hessian[-1] == "no (not a test at b; not measured at c)"
     grows = [Regime("a"), Regime("b", sophia=speedup_row(0.7, 0.6, 0.75)), Regime("c", sophia=speedup_row(1, 0.9, 1.1))]
     assert protocol_report.claims_rows(grows)[-1][-1] == "grows"
 
