@@ -9,6 +9,7 @@ import sys
 import datasets
 import numpy as np
 import pytest
+from conftest import one_error_line
 from datasets import Dataset
 
 from data.prepare import PrepareError, load_documents, read_documents, split_train_val, tokenize_and_write
@@ -132,12 +133,16 @@ def test_cli_end_to_end(tmp_path):
 # data/prepare.py: one-line errors, nothing written
 
 
+def one_line_failure(result: subprocess.CompletedProcess) -> str:
+    """The stderr of a script that failed cleanly: non-zero exit and one line, 'error: ...'."""
+    assert result.returncode != 0 and "\n" not in result.stderr.strip(), result.stderr[-3000:]
+    return one_error_line(result.stderr)
+
+
 def prepare_error_line(*args: str) -> str:
-    """Run data/prepare.py expecting a clean failure: non-zero exit and one stderr line, 'error: ...'."""
-    result = subprocess.run([sys.executable, "data/prepare.py", *args], cwd=REPO_ROOT, capture_output=True, text=True)
-    lines = result.stderr.splitlines()
-    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    """Run data/prepare.py expecting a clean failure."""
+    return one_line_failure(subprocess.run([sys.executable, "data/prepare.py", *args], cwd=REPO_ROOT,
+                                           capture_output=True, text=True))
 
 
 BAD_INPUTS = [  # file name, its bytes (None: no such file), what the error says ({path}: the file's path)
@@ -358,12 +363,6 @@ def test_prepare_refuses_to_replace_a_dataset_unless_asked(tmp_path):
     assert f"--out {out} already holds a dataset (train.bin, val.bin, meta.json)" in line and "--overwrite" in line
     assert {name: (out / name).read_bytes() for name in before} == before
     run_script("data/prepare.py", *common, "--overwrite")
-
-
-def one_line_failure(result):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    return lines[0]
 
 
 def test_openwebtext_input_errors_are_one_line(tmp_path):

@@ -72,17 +72,16 @@ class RunDir:
         if init_from == "resume" or not existing:
             return init_from, notes
         # a new run (from scratch or from a checkpoint's weights) where a run's files are
-        if CHECKPOINT in existing and not overwrite:
+        saved = CHECKPOINT in existing
+        if saved and not overwrite:
             self.lock.close()
             raise RunDirError(f"{self.path} already holds a run ({', '.join(existing)}): continue it with "
                               f"--init_from=resume (or auto), choose another --out_dir, or pass --overwrite=True "
                               f"to move its files into {self.path}/overwritten-<date-time>/")
-        target = self._move_aside(existing, "overwritten" if CHECKPOINT in existing else "unfinished")
-        if CHECKPOINT in existing:
-            notes.append(f"overwrite=True: moved the run that was in {self.path} to {target}")
-        else:
-            notes.append(f"{self.path} held a run that never saved a checkpoint: moved its files to {target} and "
-                         f"starting afresh")
+        target = self._move_aside(existing, "overwritten" if saved else "unfinished")
+        notes.append(f"overwrite=True: moved the run that was in {self.path} to {target}" if saved else
+                     f"{self.path} held a run that never saved a checkpoint: moved its files to {target} and "
+                     f"starting afresh")
         moved = os.path.join(target, CHECKPOINT)
         if init_from not in ("scratch", "resume") and os.path.abspath(init_from) == os.path.abspath(self.checkpoint):
             init_from = moved  # fine-tuning from the checkpoint that was just moved aside
