@@ -412,8 +412,9 @@ def execute(study, run, deadline):
     failure = None
     try:
         train.main(run.train_args(study, resume))
-    except SystemExit as e:
-        failure = f"train.py exited with status {e.code}"
+    except SystemExit as e:  # status 0: nothing to do, e.g. a finished run whose results/ copy was lost
+        if e.code not in (0, None):
+            failure = f"train.py exited with status {e.code}"
     finally:
         if alarm:
             alarm.cancel()

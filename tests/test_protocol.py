@@ -31,6 +31,7 @@ import os
 import pickle
 import queue
 import re
+import shutil
 import signal
 import threading
 
@@ -754,6 +755,19 @@ def test_a_second_invocation_runs_nothing(tiny):
     assert not started(second)
     assert second.strip() == "== the protocol is complete"
     assert after == before and len(before) == 18  # 17 metrics.jsonl and one `failed`
+
+
+def test_finished_runs_whose_results_were_lost_are_collected_again_not_failed(tiny, tmp_path, monkeypatch):
+    """A machine that kept out-<study>/ but got a results/ without the runs it finished there (as a fresh
+    copy of the working tree does): each run resumes, has nothing to train, and its metrics come back."""
+    study, root, _, _, before, _ = tiny
+    shutil.copytree(root, tmp_path / "copy")
+    monkeypatch.chdir(tmp_path / "copy")
+    shutil.rmtree(study.results)
+    output = run_protocol(study, math.inf)
+    assert snapshot(study.results) == before
+    assert len(re.findall(r"^== \S+ \(\w+, resuming\)$", output, re.M)) == 17  # all but the invalid variant
+    assert output.count(" failed: ") == 1
 
 
 def test_the_report_over_the_tiny_results(tiny, tmp_path, monkeypatch):
