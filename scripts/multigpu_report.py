@@ -216,7 +216,7 @@ def twonode(folder, equivalence_folder):
         lines.append(f"- {os.path.basename(log)}: {'; '.join(saved + errors) or 'no checkpoint written, no error line'}")
     standalone = os.path.join(equivalence_folder, "sophiag-2gpu.metrics.jsonl")
     if os.path.exists(standalone):
-        (a_t, a_v), (b_t, _) = curves(standalone), curves(os.path.join(folder, "twonode.metrics.jsonl"))
+        (a_t, _), (b_t, _) = curves(standalone), curves(os.path.join(folder, "twonode.metrics.jsonl"))
         difference, n = largest_difference(a_t, b_t)
         lines.append(f"- against the same run by one launcher (`--standalone`, equivalence step): largest train-loss "
                      f"difference {difference:.4f} over the {n} logged iterations up to {max(b_t)}")
