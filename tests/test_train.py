@@ -610,7 +610,8 @@ def test_ddp_hessian_ema_is_identical_on_every_rank(data_root, tmp_path):
         return sorted(path.read_text() for path in drifted.glob("verdict-*"))
 
     result = torchrun([str(script), *run, f"--out_dir={drifted}"], cwd=data_root,
-                      completed=lambda result: len(verdicts()) == 2, env={"PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT}/scripts"})
+                      completed=lambda result: len(verdicts()) == 2,
+                      env={"PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT}/scripts"})
     assert re.search(r"^hessian: DIFFERENT \(largest difference 1e-06\)", result.stdout, re.M), result.stdout
     assert re.search(r"^exp_avg: identical", result.stdout, re.M)
     assert verdicts() == ["DISAGREE", "DISAGREE"]
