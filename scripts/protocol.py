@@ -7,6 +7,7 @@ far (tuning by local search, then final runs on fresh seeds), run one per GPU, r
     python scripts/protocol.py [--study NAME]               # run what is not done yet (resumes)
     python scripts/protocol.py --study NAME --plan          # the plan so far, and what is done
     python scripts/protocol.py --study NAME --budget 540    # start no run that would not finish within 540 s
+    python scripts/protocol.py --study NAME --budget 540 --finish-within 1500   # runs may go on in the next call
     python scripts/protocol_report.py                       # reports, claims table, figures (CPU is enough)
 
 Every run decays its learning rate over its own length (cosine to lr/20 after a linear warmup of a fixed
@@ -384,12 +385,20 @@ def seconds_per_iter(study, optimizer):
     return max(rates) if rates else study.guess_seconds_per_iter
 
 
+def iterations_done(study, run):
+    """How far a stopped run has come in out-<study>/ (its log's last iteration; 0 without a checkpoint)."""
+    run_dir = RunDir(os.path.join(study.out, run.name))
+    if not (os.path.exists(run_dir.checkpoint) and os.path.exists(run_dir.metrics)):
+        return 0
+    return max((r["iter"] for r in read_metrics(run_dir.metrics) if "iter" in r), default=0)
+
+
 def estimate_seconds(study, run, compiled):
-    """How long a run will take: its iterations at the optimizer's measured speed, plus start-up (and
-    compilation, if this worker has not run this optimizer yet)."""
+    """How long a run will take: the iterations it has left at the optimizer's measured speed, plus start-up
+    (and compilation, if this worker has not run this optimizer yet)."""
     # the official phase's 6 micro-batches of 10 took 2.4x as long per iteration on an H200
     per_iter = seconds_per_iter(study, run.optimizer) * (2.5 if run.phase == "official" else 1)
-    return STARTUP_SECONDS + (0 if compiled else COMPILE_SECONDS) + run.iters * per_iter
+    return STARTUP_SECONDS + (0 if compiled else COMPILE_SECONDS) + (run.iters - iterations_done(study, run)) * per_iter
 
 
 # ----------------------------------------------------------------------------- running
@@ -441,10 +450,12 @@ def gpu_count():
     return torch.cuda.device_count()
 
 
-def run_protocol(study, budget, workers):
+def run_protocol(study, budget, workers, finish_within=None):
     """Run what the plan of `study` needs, `workers` runs at a time (one GPU each), highest priority first,
-    starting no run that would not finish within `budget` seconds; re-plan whenever a run finishes."""
+    for at most `budget` seconds (then the runs save and stop), starting no run that would not finish within
+    `finish_within` seconds (default: the budget); re-plan whenever a run finishes."""
     deadline = time.time() + budget
+    start_deadline = time.time() + (budget if finish_within is None else finish_within)
     pool = None
     if workers > 1:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
@@ -468,9 +479,9 @@ def run_protocol(study, budget, workers):
             while todo and len(running) < workers and not stopping:
                 run = todo.pop(0)
                 estimate = estimate_seconds(study, run, run.optimizer in compiled)
-                if time.time() + estimate > deadline:
-                    print(f"== not starting {run.name}: needs ~{estimate:.0f} s, {deadline - time.time():.0f} s "
-                          f"left", flush=True)
+                if time.time() + estimate > start_deadline:
+                    print(f"== not starting {run.name}: needs ~{estimate:.0f} s, {start_deadline - time.time():.0f} "
+                          f"s left", flush=True)
                     stopping = True
                     break
                 started.add(run.name)
@@ -483,6 +494,8 @@ def run_protocol(study, budget, workers):
                 running.pop(future)
                 run, completed = future.result()  # an exception here is a bug of the protocol, not a failed run
                 if not completed and final_loss(study, run.name) is None:  # stopped (deadline, Ctrl-C, SIGTERM)
+                    print(f"== {run.name} stopped at iteration {iterations_done(study, run)} of {run.iters}: the "
+                          f"next invocation on this machine resumes it from {study.out}/", flush=True)
                     stopping = True
     finally:
         if pool:
@@ -510,7 +523,11 @@ def main(argv=None):
     os.chdir(ROOT)  # train.py reads data/ and config/ relative to the repository
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", choices=STUDIES, default=TUNED.name, help="which study (default: %(default)s)")
-    parser.add_argument("--budget", type=float, default=float("inf"), help="seconds this invocation may run")
+    parser.add_argument("--budget", type=float, default=float("inf"),
+                        help="seconds this invocation may run; then the runs save a checkpoint and stop")
+    parser.add_argument("--finish-within", type=float, default=None,
+                        help="start only runs that finish within this many seconds (default: the budget); more than "
+                             "the budget lets a run go on in the next invocation on the same machine")
     parser.add_argument("--workers", type=int, default=None,
                         help="runs side by side, one GPU each (default: the number of GPUs, at least 1)")
     parser.add_argument("--plan", action="store_true", help="print the plan and what is done, run nothing")
@@ -518,7 +535,7 @@ def main(argv=None):
     study = STUDIES[args.study]
     if args.plan:
         return print_plan(study)
-    run_protocol(study, args.budget, args.workers or max(1, gpu_count()))
+    run_protocol(study, args.budget, args.workers or max(1, gpu_count()), args.finish_within)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@
    and Sophia-G in the win_rate band from the tuning runs' win rates. inband and bridge131k: derived from
    the tuned study's results (written to a temporary folder). Each study's train.py config.
 2. The tuned protocol end to end on a tiny scale, in this process (one worker): T = 4 iterations of the tiny
-   GPT of tests/test_train.py, grids of one value, an lr axis of two; a budget too small, a full run, a
-   second invocation, a run that exits with an error; then the report over those results.
+   GPT of tests/test_train.py, grids of one value, an lr axis of two; a budget too small, a run cut at the
+   budget and resumed by the next invocation, a full run, a second invocation, a run that exits with an
+   error; then the report over those results.
    The gpt2small study end to end on the tiny GPT (2 layers, the whole val split scored): every phase runs
    with its config, and its report and claims measurements are made.
 3. The claims table's words on synthetic regimes (each claim's verdict, "not a test" outside the win_rate
@@ -658,11 +659,11 @@ def signal_handlers_kept():
             signal.signal(sig, handler)
 
 
-def run_protocol(study, budget):
-    """protocol.run_protocol(study, budget, 1 worker), its output (stdout and stderr) returned."""
+def run_protocol(study, budget, finish_within=None):
+    """protocol.run_protocol(study, budget, 1 worker, finish_within), its output (stdout and stderr) returned."""
     out = io.StringIO()
     with signal_handlers_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        protocol.run_protocol(study, budget, 1)
+        protocol.run_protocol(study, budget, 1, finish_within)
     return out.getvalue()
 
 
@@ -704,6 +705,34 @@ def test_a_budget_too_small_starts_nothing_and_says_so(tmp_path, monkeypatch):
     assert "0 of the 2 runs planned so far are done" in output
     assert not started(output)
     assert not os.path.exists(study.results) and not os.path.exists(study.out)
+
+
+def test_a_run_cut_at_the_budget_goes_on_in_the_next_invocation(tmp_path, monkeypatch):
+    """finish_within beyond the budget (chained calls on one machine): a run too long for one invocation
+    starts, saves and stops at the budget, and the next invocation resumes it from its checkpoint; its time
+    estimate counts only the iterations it has left."""
+    study = dataclasses.replace(tiny_protocol(monkeypatch, make_root(tmp_path)), T=10**6)  # never finishes here
+    run = protocol.make_plan(study, {}).runs[0]
+    assert "== not starting" in run_protocol(study, 3)
+    done = []
+    for call in range(2):
+        output = run_protocol(study, 3, finish_within=math.inf)
+        assert started(output) == [(run.name, "tune")]
+        assert (", resuming)" in output) == (call == 1)
+        done.append(protocol.iterations_done(study, run))
+        assert f"== {run.name} stopped at iteration {done[-1]} of {study.T}: the next invocation on this machine " \
+               f"resumes it from out-tuned/" in output
+        assert protocol.final_loss(study, run.name) is None
+        assert protocol.known_losses(study) == {}
+    log = protocol.read_metrics(os.path.join(study.out, run.name, "metrics.jsonl"))
+    assert 0 <= done[0] < done[1] == log[-1]["iter"]
+    resumed = [json.loads(line) for line in open(os.path.join(study.out, run.name, "metrics.jsonl"))
+               if "resumed_from" in line]
+    assert [r["resumed_from"] for r in resumed] == [done[0]]
+    per_iter = protocol.seconds_per_iter(study, run.optimizer)
+    assert per_iter != study.guess_seconds_per_iter  # measured on the cut-off run's records
+    assert protocol.estimate_seconds(study, run, compiled=True) == pytest.approx(
+        protocol.STARTUP_SECONDS + (study.T - done[1]) * per_iter)
 
 
 def test_a_full_run_completes_the_plan(tiny):
