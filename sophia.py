@@ -17,7 +17,8 @@ the mean cross-entropy of `bs` tokens against labels sampled from the model itse
 the GNB estimate of the diagonal of the Gauss-Newton matrix and rho is the paper's gamma. The refreshes below
 pass bs to update_hessian, which keeps it for the steps until the next refresh; the official API's
 step(bs=...) overrides it. Until the first
-refresh h = 0 and the update is sign(m) (sign descent with momentum). Where h <= 0 (Hutchinson's estimate can be negative) the
+refresh h = 0 and the update is sign(m) (sign descent with momentum). Where h <= 0 (Hutchinson's estimate can be
+negative) the
 denominator is the paper's max(rho * h, eps): the coordinate takes a sign step, never a reversed or
 huge one. The per-coordinate step is at most lr (plus the decay lr * weight_decay * |p|).
 
@@ -435,7 +436,8 @@ def _params(optimizer, params):
 def fold_in_estimate(optimizer, params=None, *, bs=None, max_norm=None, loss_scale=None):
     """The end of every refresh: p.grad holds this process's estimate; average it over ranks, clip its global
     norm at max_norm (if given and not 0), fold it into the Hessian EMA (optimizer.update_hessian(bs), `bs` the
-    tokens behind the estimate over all ranks) and clear p.grad. `params`: the optimizer's, in the order to take them (it decides float rounding, not the result).
+    tokens behind the estimate over all ranks) and clear p.grad. `params`: the optimizer's, in the order to take them
+    (it decides float rounding, not the result).
     `loss_scale`: what the loss was multiplied by before its backward (fp16 training: a GradScaler's
     get_scale()): the estimate is divided by it first, and one that overflowed is dropped, not folded in.
     Returns whether the estimate was folded in."""

@@ -44,7 +44,8 @@ def rank_lines(log):
 
 def equivalence(folder):
     lines = ["## 1. One GPU against two (GPT-2 small, enwiki, 200 iterations of 60 x 1024 tokens)", "",
-             "| optimizer | 1 vs 2 GPUs: max train-loss difference | max val-loss difference | control (1 GPU, micro-batch "
+             "| optimizer | 1 vs 2 GPUs: max train-loss difference | max val-loss difference | "
+             "control (1 GPU, micro-batch "
              "15 vs 30): train | control: val | final val loss 1 GPU / 2 GPUs | steady tokens/s 1 GPU / 2 GPUs |",
              "|---|---|---|---|---|---|---|"]
     plots = {}
@@ -57,7 +58,8 @@ def equivalence(folder):
         plots[opt] = runs
         (one_t, one_v), (two_t, two_v), (ctl_t, ctl_v) = runs["1gpu"], runs["2gpu"], runs["1gpu-micro15"]
         last = max(one_v)
-        lines.append(f"| {opt} | {largest_difference(one_t, two_t)[0]:.4f} | {largest_difference(one_v, two_v)[0]:.4f} | "
+        lines.append(f"| {opt} | {largest_difference(one_t, two_t)[0]:.4f} | "
+                     f"{largest_difference(one_v, two_v)[0]:.4f} | "
                      f"{largest_difference(one_t, ctl_t)[0]:.4f} | {largest_difference(one_v, ctl_v)[0]:.4f} | "
                      f"{one_v[last]:.4f} / {two_v[last]:.4f} | {median_tokens_per_s(paths['1gpu']):,.0f} / "
                      f"{median_tokens_per_s(paths['2gpu']):,.0f} |")
@@ -99,7 +101,8 @@ def plot(runs, path):
 
 def scaling(folder):
     lines = ["## 2. Scaling (bench.py on 1 and 2 GPUs)", "",
-             "| model | tokens per iteration | optimizer | 1 GPU tokens/s | 2 GPUs tokens/s | efficiency |", "|---|---|---|---|---|---|"]
+             "| model | tokens per iteration | optimizer | 1 GPU tokens/s | 2 GPUs tokens/s | efficiency |",
+             "|---|---|---|---|---|---|"]
     sources = []
     for size in ("small", "medium"):
         logs = {n: sorted(glob.glob(os.path.join(folder, f"{size}-{n}gpu*.log"))) for n in (1, 2)}
@@ -150,14 +153,16 @@ def compile_wait(folder, equivalence_folder):
             totals = {it: ms for (r, what, it), ms in times.items() if r == rank and what == "total"}
             done = min(it for (r, what, it) in times if r == rank and what == "refresh")  # iterations before it
             median = sorted(totals.values())[len(totals) // 2]
-            lines.append(f"- {n} GPU{'s' if n > 1 else ''}, rank {rank}: the first refresh {times[(rank, 'refresh', done)]:,.0f} ms (its "
+            lines.append(f"- {n} GPU{'s' if n > 1 else ''}, rank {rank}: the first refresh "
+                         f"{times[(rank, 'refresh', done)]:,.0f} ms (its "
                          f"Hessian update, compiled then, {times[(rank, 'update_hessian', done)]:,.0f} ms); the "
                          f"iteration after it {totals[done]:,.0f} ms, {totals[done] - median:+,.0f} ms against the "
                          f"median iteration ({median:,.0f} ms)")
     fixed = os.path.join(folder, "sophiag-2gpu.metrics.jsonl")
     before = os.path.join(equivalence_folder, "sophiag-2gpu.metrics.jsonl")
     if os.path.exists(fixed) and os.path.exists(before):
-        ms = {path: {r["iter"]: r["ms_per_iter"] for r in read_metrics(path) if "ms_per_iter" in r} for path in (fixed, before)}
+        ms = {path: {r["iter"]: r["ms_per_iter"] for r in read_metrics(path) if "ms_per_iter" in r}
+              for path in (fixed, before)}
         lines.append(f"- train.py on 2 GPUs (equivalence-2gpu sophiag, 60 x 1024 tokens), logged ms/iter of iterations "
                      f"11-20: {ms[before][20]:.1f} when each rank left out only its own compilation, "
                      f"{ms[fixed][20]:.1f} leaving out the longest of any rank (then {ms[fixed][30]:.1f} at 21-30)")
@@ -182,7 +187,8 @@ def sigterm(folder, equivalence_folder):
     stopped = open(os.path.join(folder, "stopped.log")).read()
     stops = re.findall(r"rank (\d+): stopping at iteration (\d+)", stopped)
     lines += ["- each rank's stop: " + ", ".join(f"rank {r} at iteration {i}" for r, i in sorted(stops)),
-              "- " + "; ".join(re.findall(r"^saved \S+ at iteration \d+", stopped, re.M)[-1:]) + " (the stop's checkpoint)",
+              "- " + "; ".join(re.findall(r"^saved \S+ at iteration \d+", stopped, re.M)[-1:])
+              + " (the stop's checkpoint)",
               "- events: " + "; ".join(text for _, text in read_events(events))]
     uninterrupted = os.path.join(equivalence_folder, "sophiag-2gpu.metrics.jsonl")
     if os.path.exists(uninterrupted):
@@ -213,7 +219,8 @@ def twonode(folder, equivalence_folder):
         text = open(log).read()
         saved = re.findall(r"^(?:saved \S+|resuming \S+) at iteration \d+", text, re.M)
         errors = [line[:300] for line in text.splitlines() if line.startswith("error: rank")]
-        lines.append(f"- {os.path.basename(log)}: {'; '.join(saved + errors) or 'no checkpoint written, no error line'}")
+        lines.append(f"- {os.path.basename(log)}: "
+                     f"{'; '.join(saved + errors) or 'no checkpoint written, no error line'}")
     standalone = os.path.join(equivalence_folder, "sophiag-2gpu.metrics.jsonl")
     if os.path.exists(standalone):
         (a_t, _), (b_t, _) = curves(standalone), curves(os.path.join(folder, "twonode.metrics.jsonl"))
@@ -230,7 +237,8 @@ def main(argv=None):
                 compile_wait(os.path.join(root, "compile_wait"), os.path.join(root, "equivalence")),
                 twonode(os.path.join(root, "twonode"), os.path.join(root, "equivalence")),
                 sigterm(os.path.join(root, "sigterm"), os.path.join(root, "equivalence"))]
-    text = "# Multi-GPU checks (`python scripts/multigpu_report.py`)\n\n" + "\n\n".join("\n".join(s) for s in sections) + "\n"
+    text = ("# Multi-GPU checks (`python scripts/multigpu_report.py`)\n\n" + "\n\n".join("\n".join(s) for s in sections)
+            + "\n")
     with open(os.path.join(root, "summary.md"), "w") as f:
         f.write(text)
     print(text)

@@ -287,7 +287,8 @@ def speedup_section(study, plan, losses):
         rows.append([row["label"], str(row["iters"]), str(row["seeds"]), compare.fmt_speedup(s["point"], limits),
                      f"{compare.fmt_speedup(s['low'], limits)} – {compare.fmt_speedup(s['high'], limits)}",
                      compare.fmt_speedup(token["point"], token["limits"]),
-                     "—" if row["wall"] is None else f"{s['point'] * row['wall']:.2f}x", compare.verdict(s["low"], s["high"])])
+                     "—" if row["wall"] is None else f"{s['point'] * row['wall']:.2f}x",
+                     compare.verdict(s["low"], s["high"])])
         if row["label"] == "Sophia-G" and row["iters"] == T:
             sophia_result = s
     lengths = ", ".join(f"{n}: {np.mean(v):.4f}" for n, v in adamw_finals(plan, losses).items())
@@ -302,7 +303,8 @@ def speedup_section(study, plan, losses):
              "wall-clock speedup uses each group's measured training seconds per iteration (compilation and "
              "evaluation excluded), all runs on the same GPU model.", ""]
     if sophia_result:
-        text += [f"**Verdict (the rule stated in advance): Sophia-G at T {compare.verdict(sophia_result['low'], sophia_result['high'])}** "
+        text += [f"**Verdict (the rule stated in advance): Sophia-G at T "
+                 f"{compare.verdict(sophia_result['low'], sophia_result['high'])}** "
                  f"(S = {compare.fmt_speedup(sophia_result['point'], sophia_result['limits'])}, interval "
                  f"{compare.fmt_speedup(sophia_result['low'], sophia_result['limits'])} – "
                  f"{compare.fmt_speedup(sophia_result['high'], sophia_result['limits'])}).", ""]
@@ -538,7 +540,8 @@ def compare_runs(study, runs, name, group_by, baseline=None):
     dirs = [protocol.result_dir(study, r) for r in runs if protocol.final_loss(study, r.name) not in (None, math.inf)]
     if not dirs:
         return None
-    argv = [*dirs, "--out", output(study, name), "--group_by", group_by] + (["--baseline", baseline] if baseline else [])
+    argv = [*dirs, "--out", output(study, name),
+            "--group_by", group_by] + (["--baseline", baseline] if baseline else [])
     with contextlib.redirect_stdout(io.StringIO()):  # its tables go to <name>.md
         compare.main(argv)
     return output(study, name)
@@ -747,7 +750,8 @@ def claims_rows(regimes):
     if small.sophia and large.sophia:
         a, b = small.sophia["s"], large.sophia["s"]
         word = "grows" if b["low"] > a["high"] else "shrinks" if b["high"] < a["low"] else "no change detected"
-        cell = f"S {compare.fmt_speedup(b['point'], b['limits'])} vs {compare.fmt_speedup(a['point'], a['limits'])} at 30M"
+        cell = (f"S {compare.fmt_speedup(b['point'], b['limits'])} vs "
+                f"{compare.fmt_speedup(a['point'], a['limits'])} at 30M")
     else:
         word, cell = "not measured yet", "not run yet"
     rows.append(["The gain grows with model size (S at 124M vs 30M, both 131k)", *["—"] * (len(regimes) - 1), cell,

@@ -53,7 +53,8 @@ def test_bench_prints_a_row_per_optimizer_and_the_overhead_against_adamw(tmp_pat
     assert cells(table[2]) == ["optimizer", "micro-batch", "output layer", "ms/iter", "tokens/s", "MFU", "peak GiB",
                                "refresh ms", "refresh ms/iter", "time vs adamw", "memory vs adamw"]
     rows = [cells(line) for line in table[4:6]]
-    assert [row[:3] for row in rows] == [["adamw", "2", "torch"], ["sophiag gnb_batch=train hess_total_bs=2", "2", "torch"]]
+    assert [row[:3] for row in rows] == [["adamw", "2", "torch"],
+                                         ["sophiag gnb_batch=train hess_total_bs=2", "2", "torch"]]
     for row in rows:
         assert float(row[3]) > 0 and float(row[4].replace(",", "")) > 0
     assert rows[0][7] == "" and float(rows[1][7]) > 0  # AdamW has no refresh

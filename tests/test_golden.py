@@ -42,7 +42,8 @@ def platform():
 
 def logged(out_dir):
     """The run's records without the config line and the timings."""
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_metrics(os.path.join(out_dir, "metrics.jsonl"))
+    return [{k: v for k, v in r.items() if k not in TIMINGS}
+            for r in read_metrics(os.path.join(out_dir, "metrics.jsonl"))
             if "config" not in r]
 
 

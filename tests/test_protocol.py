@@ -997,7 +997,8 @@ def test_claims_rows_give_each_claim_its_word():
     Regime = protocol_report.Regime
     regimes = [Regime("a", sophia=speedup_row(0.66, 0.64, 0.68), overhead=0.28, clip=dict(adamw=0.08, sophiag=0.2),
                       control=control(-0.005, -0.012, 0.008, 0.11)),
-               Regime("b", sophia=speedup_row(1.9, 1.6, 1.95), overhead=0.04, clip=dict(adamw=0.3, sophiag=0.1, lion=0.4),
+               Regime("b", sophia=speedup_row(1.9, 1.6, 1.95), overhead=0.04,
+                      clip=dict(adamw=0.3, sophiag=0.1, lion=0.4),
                       control=control(0.02, 0.01, 0.03, 0.02)),
                Regime("c", sophia=speedup_row(1.2, 1.12, 1.3), overhead=0.05, clip=dict(adamw=0.3, sophiag=0.1),
                       control=control(0.02, 0.01, 0.03, 0.3),

@@ -326,7 +326,8 @@ def test_gnb_refresh_from_the_training_batch_matches_a_direct_computation(grad_c
                                                    grad_clip=grad_clip, out_dir=str(tmp_path)))
     run = train.build(cfg, dist)
     before = {k: v.clone() for k, v in run.network.model.state_dict().items()}
-    X, _ = Batches(os.path.join("data", cfg.dataset), "train", cfg, dist, 50304).next_batch(cfg.total_bs, cfg.gradient_accumulation_steps)[0]
+    X, _ = Batches(os.path.join("data", cfg.dataset), "train", cfg, dist,
+                   50304).next_batch(cfg.total_bs, cfg.gradient_accumulation_steps)[0]
     run.iteration()
     assert run.step.refresh.gradient is None and run.train_data.position == cfg.total_bs  # no extra batch read
 
@@ -657,7 +658,8 @@ def test_two_nodes_a_killed_rank_stops_the_other_with_a_clear_error(data_root, t
     run = args(**{**DDP_RUN, "max_iters": 20, "eval_interval": 4, "checkpoint_interval": 4, "dist_timeout": 30,
                   "out_dir": out})
     port = free_port()
-    launchers = [subprocess.Popen([TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=killed",
+    launchers = [subprocess.Popen([TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+                                   f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=killed",
                                    str(script), *run], cwd=data_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=subprocess_env()) for _ in range(2)]
     started = time.monotonic()

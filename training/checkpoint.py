@@ -39,7 +39,8 @@ def save_checkpoint(state, path):
         folder = os.path.dirname(os.path.abspath(path))
         need = sum(t.numel() * t.element_size() for t in tensors_in(state))
         free = shutil.disk_usage(folder).free
-        reason = "the disk is full" if free < 2 * need else short_reason(e) if isinstance(e, RuntimeError) else e.strerror
+        reason = ("the disk is full" if free < 2 * need else
+                  short_reason(e) if isinstance(e, RuntimeError) else e.strerror)
         raise CheckpointError(f"cannot write the checkpoint {path}: {reason} (it needs about {need / 1e9:.2g} GB, "
                               f"{free / 1e9:.2g} GB are free in {folder}); free some space there and resume with "
                               f"--init_from=resume. The previous checkpoint, if any, is intact") from None

@@ -1,5 +1,6 @@
 """
-Run metrics: the run folder's metrics file (training/rundir.py; one JSON object per line, flushed as written) and, when enabled,
+Run metrics: the run folder's metrics file (training/rundir.py; one JSON object per line, flushed as written) and, when
+enabled,
 wandb under the same names (the official Sophia code's: train/loss, val/loss, lr, mfu, train/win_rate,
 hessian_norm, train/clip_rate, ...). Only rank 0 logs.
 

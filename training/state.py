@@ -84,7 +84,8 @@ def load_state(run, ckpt):
             if theirs != getattr(cfg, key):
                 raise CheckpointError(f"the checkpoint was trained with {key}={theirs!r}, the config asks for "
                                       f"{getattr(cfg, key)!r}: resume with the checkpoint's {key}, or start a new "
-                                      f"run in another out_dir (init_from=<the checkpoint's path> starts from its weights)")
+                                      f"run in another out_dir "
+                                      f"(init_from=<the checkpoint's path> starts from its weights)")
         model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         keep_hessian_bs(run.optimizer, ckpt["config"])
