@@ -1,6 +1,7 @@
 """bench.py on CPU: its table for a tiny model, compiled, with a row that overrides config keys. The GPU
 figures in the README come from the same code; here only that it runs and reports what it says."""
 
+import math
 import os
 import subprocess
 import sys
@@ -57,7 +58,8 @@ def test_bench_prints_a_row_per_optimizer_and_the_overhead_against_adamw(tmp_pat
                                          ["sophiag gnb_batch=train hess_total_bs=2", "2", "torch"]]
     for row in rows:
         assert float(row[3]) > 0 and float(row[4].replace(",", "")) > 0
-    assert rows[0][7] == "" and float(rows[1][7]) > 0  # AdamW has no refresh
+    # AdamW has no refresh; Sophia-G's cost is a difference of timings, which a loaded CPU can make negative
+    assert rows[0][7] == "" and math.isfinite(float(rows[1][7]))
     assert rows[1][9].endswith("%")
 
 
