@@ -1,6 +1,7 @@
-# Issue 23, device calls 14 on (nvidia-h200): the 124M tuning goes on. Argument: the session's device seconds
-# left as the call starts (status's budget_left_s; less ~90 s when the machine is cold). A run that does not fit in this call starts if it fits in
-# the session, and the next call on the warm machine resumes it from its checkpoint in out-gpt2small/.
+# Issue 23, device calls 14 on (nvidia-h200): the 124M tuning goes on. Argument: the session's device
+# seconds left as the call starts (status's budget_left_s; less ~90 s when the machine is cold). A run that
+# does not fit in this call starts if it fits in the session, and the next call on the warm machine resumes
+# it from its checkpoint in out-gpt2small/.
 export PYTHONUNBUFFERED=1
 session=${1:?usage: bash study14.sh SESSION_SECONDS_LEFT}
 start=$(date +%s)
