@@ -278,8 +278,8 @@ def main():
             rows, (_, cfg, dist) = [row for row, _, _ in results], results[0]
             base = next((r for r in rows if r["optimizer"] == "adamw"), None)
             for row in rows:
-                if (base and row is not base and isinstance(row["ms/iter"], float)
-                    and isinstance(base["ms/iter"], float)):
+                if (base and row is not base
+                        and isinstance(row["ms/iter"], float) and isinstance(base["ms/iter"], float)):
                     row["time vs adamw"] = f"{100 * (row['ms/iter'] / base['ms/iter'] - 1):+.1f}%"
                     row["memory vs adamw"] = f"{100 * (row['peak GiB'] / base['peak GiB'] - 1):+.1f}%"
             header = (f"gpt2-{args.size} ({cfg.n_layer} layers, {cfg.n_embd} wide), {cfg.total_bs} x {cfg.block_size} "

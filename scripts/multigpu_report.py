@@ -45,8 +45,8 @@ def rank_lines(log):
 def equivalence(folder):
     lines = ["## 1. One GPU against two (GPT-2 small, enwiki, 200 iterations of 60 x 1024 tokens)", "",
              "| optimizer | 1 vs 2 GPUs: max train-loss difference | max val-loss difference | "
-             "control (1 GPU, micro-batch "
-             "15 vs 30): train | control: val | final val loss 1 GPU / 2 GPUs | steady tokens/s 1 GPU / 2 GPUs |",
+             "control (1 GPU, micro-batch 15 vs 30): train | control: val | final val loss 1 GPU / 2 GPUs | "
+             "steady tokens/s 1 GPU / 2 GPUs |",
              "|---|---|---|---|---|---|---|"]
     plots = {}
     for opt in OPTIMIZERS:

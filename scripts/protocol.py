@@ -454,8 +454,9 @@ def run_protocol(study, budget, workers, finish_within=None):
     """Run what the plan of `study` needs, `workers` runs at a time (one GPU each), highest priority first,
     for at most `budget` seconds (then the runs save and stop), starting no run that would not finish within
     `finish_within` seconds (default: the budget); re-plan whenever a run finishes."""
-    deadline = time.time() + budget
-    start_deadline = time.time() + (budget if finish_within is None else finish_within)
+    now = time.time()
+    deadline = now + budget
+    start_deadline = now + (budget if finish_within is None else finish_within)
     pool = None
     if workers > 1:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
