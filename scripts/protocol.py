@@ -495,8 +495,8 @@ def run_protocol(study, budget, workers, finish_within=None):
                 running.pop(future)
                 run, completed = future.result()  # an exception here is a bug of the protocol, not a failed run
                 if not completed and final_loss(study, run.name) is None:  # stopped (deadline, Ctrl-C, SIGTERM)
-                    print(f"== {run.name} stopped at iteration {iterations_done(study, run)} of {run.iters}: the "
-                          f"next invocation on this machine resumes it from {study.out}/", flush=True)
+                    print(f"== {run.name} stopped with its log at iteration {iterations_done(study, run)} of "
+                          f"{run.iters}: the next invocation on this machine resumes it from {study.out}/", flush=True)
                     stopping = True
     finally:
         if pool:

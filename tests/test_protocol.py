@@ -720,8 +720,8 @@ def test_a_run_cut_at_the_budget_goes_on_in_the_next_invocation(tmp_path, monkey
         assert started(output) == [(run.name, "tune")]
         assert (", resuming)" in output) == (call == 1)
         done.append(protocol.iterations_done(study, run))
-        assert f"== {run.name} stopped at iteration {done[-1]} of {study.T}: the next invocation on this machine " \
-               f"resumes it from out-tuned/" in output
+        assert f"== {run.name} stopped with its log at iteration {done[-1]} of {study.T}: the next invocation " \
+               f"on this machine resumes it from out-tuned/" in output
         assert protocol.final_loss(study, run.name) is None
         assert protocol.known_losses(study) == {}
     log = protocol.read_metrics(os.path.join(study.out, run.name, "metrics.jsonl"))
