@@ -208,7 +208,9 @@ def bench_optimizers(args, overrides):
             times.append(start.elapsed_time(end))
         return statistics.median(times)
 
-    groups = lambda: model.optim_groups(0.1)
+    def groups():
+        return model.optim_groups(0.1)
+
     cases = [  # name, optimizer, passes over the parameters (reads + writes) for step
         ("SophiaG single-tensor (reference)", lambda: SophiaG(groups(), foreach=False, fused=False), 6),
         ("SophiaG foreach", lambda: SophiaG(groups(), foreach=True, fused=False), 6),

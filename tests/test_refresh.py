@@ -187,7 +187,9 @@ def test_train_batch_variant_equals_the_fresh_refresh():
     training gradient of a loop without it (sampled_gradient returns its gradient, it does not leave it
     in p.grad)."""
     batches, seed, max_norm = token_batches(3), (11, 4), 0.5
-    params_of = lambda model: list(model.parameters())
+
+    def params_of(model):
+        return list(model.parameters())
 
     model = tiny_gpt()
     optimizer = SophiaG(model.optim_groups(weight_decay=0.1))
