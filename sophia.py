@@ -14,13 +14,12 @@ zero at first:
 No bias correction (official); `bias_correction=True` is our deviation for experiments: the step then
 uses h / (1 - beta2^k) after k refreshes, as Adam corrects its second moment. g_hat is the gradient of
 the mean cross-entropy of `bs` tokens against labels sampled from the model itself, so bs * g_hat^2 is
-the GNB estimate of the diagonal of the Gauss-Newton matrix and rho is the paper's gamma. The refreshes below
-pass bs to update_hessian, which keeps it for the steps until the next refresh; the official API's
-step(bs=...) overrides it. Until the first
-refresh h = 0 and the update is sign(m) (sign descent with momentum). Where h <= 0 (Hutchinson's estimate can be
-negative) the
-denominator is the paper's max(rho * h, eps): the coordinate takes a sign step, never a reversed or
-huge one. The per-coordinate step is at most lr (plus the decay lr * weight_decay * |p|).
+the GNB estimate of the diagonal of the Gauss-Newton matrix and rho is the paper's gamma. The refreshes
+below pass bs to update_hessian, which keeps it for the steps until the next refresh; the official API's
+step(bs=...) overrides it. Until the first refresh h = 0 and the update is sign(m) (sign descent with
+momentum). Where h <= 0 (Hutchinson's estimate can be negative) the denominator is the paper's
+max(rho * h, eps): the coordinate takes a sign step, never a reversed or huge one. The per-coordinate step
+is at most lr (plus the decay lr * weight_decay * |p|).
 
 SophiaH stores Hutchinson's estimate u * (H u) itself, not a square: update_hessian() does
 h <- beta2 * h + (1 - beta2) * p.grad with u * (H u) in p.grad, and step uses bs = 1, so rho is the

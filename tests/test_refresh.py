@@ -5,9 +5,8 @@ sampled_gradient with fold_in_estimate, and hutchinson_refresh.
 What is covered:
 - gnb_refresh against a hand computation: per-micro-batch seeds (labels and dropout), the 1/n scaling of
   each micro-batch, the global-norm clip, h = (1 - beta2) * g_hat^2; the bs it leaves the optimizer (the
-  tokens behind the estimate), p.grad cleared afterwards, one refresh counted in every parameter group; a seeded
-  refresh leaves the global
-  generator as it was;
+  tokens behind the estimate), p.grad cleared afterwards, one refresh counted in every parameter group; a
+  seeded refresh leaves the global generator as it was;
 - unseeded, n micro-batches give the estimate of their concatenation (the labels drawn are the same);
 - the train-batch variant (sampled_gradient summed over micro-batches, then fold_in_estimate) gives the
   fresh refresh's Hessian on the same batch, and keeps the forward pass's graph for the training loss;

@@ -1,8 +1,7 @@
 """
-Run metrics: the run folder's metrics file (training/rundir.py; one JSON object per line, flushed as written) and, when
-enabled,
-wandb under the same names (the official Sophia code's: train/loss, val/loss, lr, mfu, train/win_rate,
-hessian_norm, train/clip_rate, ...). Only rank 0 logs.
+Run metrics: the run folder's metrics file (training/rundir.py; one JSON object per line, flushed as written)
+and, when enabled, wandb under the same names (the official Sophia code's: train/loss, val/loss, lr, mfu,
+train/win_rate, hessian_norm, train/clip_rate, ...). Only rank 0 logs.
 
 The file is only ever appended to. The first line of each (re)start is `{"config": {...}}`, the resolved
 configuration; a resumed run's adds `"resumed_from": <the checkpoint's iteration>`. Every other line has
