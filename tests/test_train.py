@@ -326,8 +326,8 @@ def test_gnb_refresh_from_the_training_batch_matches_a_direct_computation(grad_c
                                                    grad_clip=grad_clip, out_dir=str(tmp_path)))
     run = train.build(cfg, dist)
     before = {k: v.clone() for k, v in run.network.model.state_dict().items()}
-    X, _ = Batches(os.path.join("data", cfg.dataset), "train", cfg, dist,
-                   50304).next_batch(cfg.total_bs, cfg.gradient_accumulation_steps)[0]
+    train_batches = Batches(os.path.join("data", cfg.dataset), "train", cfg, dist, 50304)
+    X, _ = train_batches.next_batch(cfg.total_bs, cfg.gradient_accumulation_steps)[0]
     run.iteration()
     assert run.step.refresh.gradient is None and run.train_data.position == cfg.total_bs  # no extra batch read
 
