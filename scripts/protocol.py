@@ -54,7 +54,7 @@ from dataclasses import dataclass, replace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for train.py
 
-from training.config import paper_config  # noqa: E402
+from training.config import load_config, paper_config  # noqa: E402
 from training.metrics import read_metrics  # noqa: E402
 from training.rundir import RunDir  # noqa: E402
 
@@ -413,6 +413,8 @@ def execute(study, run, deadline):
 
     run_dir = RunDir(os.path.join(study.out, run.name))
     resume = os.path.exists(run_dir.checkpoint)
+    argv = run.train_args(study, resume)
+    load_config(argv)  # a ConfigError here is a bug of the protocol, not a failed run: it must not count as one
     print(f"== {run.name} ({run.phase}{', resuming' if resume else ''})", flush=True)
     alarm = None
     if math.isfinite(deadline):
@@ -420,7 +422,7 @@ def execute(study, run, deadline):
         alarm.start()
     failure = None
     try:
-        train.main(run.train_args(study, resume))
+        train.main(argv)
     except SystemExit as e:  # status 0: nothing to do, e.g. a finished run whose results/ copy was lost
         if e.code not in (0, None):
             failure = f"train.py exited with status {e.code}"

@@ -41,7 +41,7 @@ import protocol_report
 import pytest
 from conftest import write_tiny_dataset
 
-from training.config import load_config, make_config
+from training.config import ConfigError, load_config, make_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,6 +89,9 @@ def test_train_args_give_the_intended_config():
     sign = config(protocol.Run("final", "signmomentum", 5e-4, 7 / 8, 300, 2001))
     assert sign.optimizer_name == "signmomentum" and sign.weight_decay == 0.2  # Sophia-G's paper config
     assert sign.warmup_iters == 262 and sign.max_iters == sign.lr_decay_iters == 300
+
+    for warmup in protocol.WARMUPS:  # every point of the warmup axis is a config train.py accepts
+        assert config(dataclasses.replace(adamw, warmup=warmup)).warmup_iters == round(warmup * 600)
 
     sophia = protocol.Run("tune", "sophiag", 2.5e-4, 1 / 12, 600, 1337, rho=0.2)
     assert config(sophia).rho == 0.2 and config(sophia).hess_interval == 10
@@ -622,7 +625,7 @@ TINY_SCALE = dict(dataset="tiny", device="cpu", dtype="float32", compile=False, 
                   block_size=32, batch_size=2, total_bs=2, eval_interval=5, eval_iters=1, log_interval=1,
                   hess_interval=2, checkpoint_interval=100000)
 TINY_T = 4
-BAD_VARIANT = {"no_such_key": 1}  # train.py refuses it: that run exits with an error
+BAD_VARIANT = {"weight_decay": 1e30}  # its first step blows the weights up: that run stops on a non-finite loss
 
 
 def tiny_protocol(monkeypatch, root):
@@ -772,18 +775,28 @@ def test_a_run_that_exits_with_an_error_is_failed_and_counts_as_inf(tiny):
     assert len(bad) == 1
     folder = protocol.result_dir(study, bad[0])
     assert open(os.path.join(folder, "failed")).read() == "train.py exited with status 1\n"
-    assert not os.path.exists(os.path.join(folder, "metrics.jsonl"))
+    assert os.path.exists(os.path.join(folder, "metrics.jsonl"))  # its log up to the divergence is kept
     assert protocol.final_loss(study, bad[0].name) == math.inf
     assert protocol.known_losses(study)[bad[0].name] == math.inf
     assert f"== {bad[0].name} failed: train.py exited with status 1" in output
-    assert "error: unknown config key 'no_such_key'" in output
+    assert re.search(r"^error: the training loss is (nan|inf) at iteration \d", output, re.M), output
+
+
+def test_a_run_train_py_would_refuse_stops_the_protocol_instead_of_failing(tmp_path, monkeypatch):
+    """A config error is the protocol's bug (e.g. a grid point train.py cannot take): it must not be
+    recorded as a failed run, which would count as infinitely bad and steer the tuning."""
+    study = tiny_protocol(monkeypatch, make_root(tmp_path))
+    run = dataclasses.replace(protocol.make_plan(study, {}).runs[0], overrides=(("no_such_key", 1),))
+    with pytest.raises(ConfigError, match="unknown config key 'no_such_key'"):
+        protocol.execute(study, run, math.inf)
+    assert not os.path.exists(protocol.result_dir(study, run)) and not os.path.exists(study.out)
 
 
 def test_a_second_invocation_runs_nothing(tiny):
     _, _, _, second, before, after = tiny
     assert not started(second)
     assert second.strip() == "== the protocol is complete"
-    assert after == before and len(before) == 18  # 17 metrics.jsonl and one `failed`
+    assert after == before and len(before) == 19  # 18 metrics.jsonl (the diverged run's too) and one `failed`
 
 
 def test_finished_runs_whose_results_were_lost_are_collected_again_not_failed(tiny, tmp_path, monkeypatch):
@@ -794,8 +807,14 @@ def test_finished_runs_whose_results_were_lost_are_collected_again_not_failed(ti
     monkeypatch.chdir(tmp_path / "copy")
     shutil.rmtree(study.results)
     output = run_protocol(study, math.inf)
-    assert snapshot(study.results) == before
-    assert len(re.findall(r"^== \S+ \(\w+, resuming\)$", output, re.M)) == 17  # all but the invalid variant
+    again = snapshot(study.results)
+    diverged = [p for p in before if "weight_decay=1e+30" in p and p.endswith("metrics.jsonl")]
+    assert again.keys() == before.keys() and len(diverged) == 1
+
+    def but_diverged(files):  # the diverged run saved no checkpoint: it ran again, with other timings
+        return {path: data for path, data in files.items() if path != diverged[0]}
+    assert but_diverged(again) == but_diverged(before)
+    assert len(re.findall(r"^== \S+ \(\w+, resuming\)$", output, re.M)) == 17  # all but the diverged variant
     assert output.count(" failed: ") == 1
 
 

@@ -142,7 +142,7 @@ def test_bad_choices_and_non_positive_sizes():
     (dict(beta2=1.0), "'beta2' must be in \\[0, 1\\), got 1.0"),
     (dict(dropout=-0.1), "'dropout' must be in"),
     (dict(n_embd=30, n_head=4), "n_embd=30 is not divisible by n_head=4"),
-    (dict(warmup_iters=100, lr_decay_iters=100), "lr_decay_iters=100 must be greater than warmup_iters=100"),
+    (dict(warmup_iters=101, lr_decay_iters=100), "lr_decay_iters=100 must be at least warmup_iters=101"),
 ])
 def test_values_no_run_can_use_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -1096,5 +1096,7 @@ def test_get_lr_schedule():
     assert lr(110) == pytest.approx(0.1) and lr(111) == lr(10_000) == 0.1  # min_lr from lr_decay_iters on
     decay = [lr(it) for it in range(10, 111)]
     assert all(a > b for a, b in zip(decay, decay[1:]))  # strictly decreasing
+    ramp = make_config(learning_rate=1.0, min_lr=0.1, warmup_iters=110, lr_decay_iters=110)  # no cosine phase
+    assert get_lr(109, ramp) == pytest.approx(109 / 110) and get_lr(110, ramp) == 0.1
     constant = dataclasses.replace(cfg, decay_lr=False)
     assert {get_lr(it, constant) for it in (0, 5, 10, 60, 110, 10_000)} == {1.0}

@@ -337,6 +337,6 @@ def check_values(cfg):
                           f"learning_rate / 20 to / 40)")
     if cfg.fp8 and cfg.optimizer_name == "sophiah":
         raise ConfigError("fp8=True cannot run Sophia-H's refresh: float8 matmuls have no double backward")
-    if cfg.decay_lr and cfg.lr_decay_iters <= cfg.warmup_iters:
-        raise ConfigError(f"lr_decay_iters={cfg.lr_decay_iters} must be greater than warmup_iters="
+    if cfg.decay_lr and cfg.lr_decay_iters < cfg.warmup_iters:
+        raise ConfigError(f"lr_decay_iters={cfg.lr_decay_iters} must be at least warmup_iters="
                           f"{cfg.warmup_iters}: the cosine decay runs from one to the other")

@@ -80,7 +80,7 @@ def get_lr(it, cfg):
         return cfg.learning_rate
     if it < cfg.warmup_iters:
         return cfg.learning_rate * it / cfg.warmup_iters
-    if it > cfg.lr_decay_iters:
+    if it >= cfg.lr_decay_iters:  # where the cosine ends (or right after a warmup as long as the decay)
         return cfg.min_lr
     decay_ratio = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (cfg.learning_rate - cfg.min_lr)
