@@ -161,6 +161,8 @@ def plot_heatmaps(study, plan, losses, path):
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no control tuned yet", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(f"tuning at T = {study.T}, seed {study.tune_seed} (red frame: best)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -622,8 +624,15 @@ def study_report(study, title):
              compare.markdown_table(["optimizer", "clip rate (mean ± std)"], rows) if rows else "None yet.", ""]
     if any(r.phase == "noscale" for r in plan.runs):
         text += no_scaling_section(study, plan, losses)
+    figures = []
+    if study.tuning:  # a grid search of its own (the bridge re-tunes lr only: its table says it all)
+        plot_heatmaps(study, plan, losses, output(study, "heatmaps.png"))
+        figures.append(os.path.basename(output(study, "heatmaps.png")))
     finals = [r for r in plan.runs if r.phase in ("final", "sequential") and not r.overrides]
-    compare_runs(study, finals, "curves", "optimizer_name,max_iters", f"adamw max_iters={study.T}")
+    if compare_runs(study, finals, "curves", "optimizer_name,max_iters", f"adamw max_iters={study.T}"):
+        figures.append(os.path.basename(output(study, "curves.png")) + " (with its .md)")
+    if figures:
+        text += ["Figures (in results/): " + ", ".join(figures) + ".", ""]
     write(study, text)
     return text
 

@@ -988,7 +988,10 @@ def test_the_tiny_124m_study_runs_every_phase(tiny_gpt2small, monkeypatch):
 
 
 def test_the_tiny_124m_studys_report_and_claims(tiny_gpt2small):
-    study, _, _, text, regime = tiny_gpt2small
+    study, root, _, text, regime = tiny_gpt2small
+    assert "Figures (in results/): gpt2small_heatmaps.png, gpt2small_curves.png (with its .md)." in text
+    for name in ("heatmaps.png", "curves.png", "curves.md"):
+        assert os.path.getsize(root / f"gpt2small_{name}") > 0, name
     for line in ("# tiny: report", "## Speedup over AdamW and the verdict",
                  "## Is Sophia-G's Hessian helping? (sign momentum minus Sophia-G at T, paired by seed)",
                  "## Clipping (fraction of steps whose gradient norm exceeded grad_clip = 1.0, final runs at T)",
