@@ -68,7 +68,7 @@ BAND = (0.1, 0.5)  # the mean win_rate the official README asks of a well-set rh
 OFFICIAL = dict(total_bs=60, batch_size=10)  # 6 micro-batches, close to the 64 sequences of the other runs
 VARIANTS = ({"hessian_bias_correction": True}, {"beta2": 0.95})
 
-STARTUP_SECONDS = 15  # start-up and evaluations of a run, beside its iterations
+STARTUP_SECONDS = 15  # start-up and evaluations of a run, beside its iterations (a study may set its own)
 COMPILE_SECONDS = 60  # a worker's first run of an optimizer also compiles
 
 
@@ -98,6 +98,7 @@ class Study:
     tune_seed: int = 1337
     settings: tuple = ()  # (key, value) config pairs every run of the study sets
     guess_seconds_per_iter: float = 0.03  # until its runs have measured it
+    startup_seconds: float = STARTUP_SECONDS
 
     @property
     def results(self):
@@ -322,7 +323,9 @@ INBAND = Study("inband", SMALL, T=600, final_seeds=TUNED.final_seeds, planner=in
 BRIDGE = Study("bridge131k", SMALL, T=600, final_seeds=(2101, 2102, 2103), planner=bridge_plan,
                settings=(("total_bs", 256), ("batch_size", 128), *FULL_VAL), guess_seconds_per_iter=0.09)
 GPT2_SMALL = Study("gpt2small", os.path.join(CONFIG, "study_gpt2_small.py"), T=1000, final_seeds=(3001, 3002, 3003),
-                   planner=gpt2_small_plan, guess_seconds_per_iter=0.3, tuning=Tuning(
+                   # start-up: 11 evaluations of the whole val split and a 1.5 GB checkpoint; call 30's cold run
+                   # took 415 s for 279 s of training, against an estimate of ~355 s with 15 s
+                   planner=gpt2_small_plan, guess_seconds_per_iter=0.3, startup_seconds=60, tuning=Tuning(
                        adamw=dict(lr=(7.5e-4, 1.5e-3, 3e-3), warmup=(1 / 4, 3 / 4)),
                        sophiag=dict(lr=(3e-4, 6e-4, 1.2e-3), warmup=(1 / 4, 3 / 4), rho=(0.05,)),
                        sophia_rhos=(0.05, 0.2), sign_factors=()))
@@ -398,7 +401,8 @@ def estimate_seconds(study, run, compiled):
     (and compilation, if this worker has not run this optimizer yet)."""
     # the official phase's 6 micro-batches of 10 took 2.4x as long per iteration on an H200
     per_iter = seconds_per_iter(study, run.optimizer) * (2.5 if run.phase == "official" else 1)
-    return STARTUP_SECONDS + (0 if compiled else COMPILE_SECONDS) + (run.iters - iterations_done(study, run)) * per_iter
+    return (study.startup_seconds + (0 if compiled else COMPILE_SECONDS)
+            + (run.iters - iterations_done(study, run)) * per_iter)
 
 
 # ----------------------------------------------------------------------------- running

@@ -626,8 +626,9 @@ def study_report(study, title):
         text += no_scaling_section(study, plan, losses)
     figures = []
     if study.tuning:  # a grid search of its own (the bridge re-tunes lr only: its table says it all)
-        plot_heatmaps(study, plan, losses, output(study, "heatmaps.png"))
-        figures.append(os.path.basename(output(study, "heatmaps.png")))
+        heatmaps = output(study, "heatmaps.png")
+        plot_heatmaps(study, plan, losses, heatmaps)
+        figures.append(os.path.basename(heatmaps))
     finals = [r for r in plan.runs if r.phase in ("final", "sequential") and not r.overrides]
     if compare_runs(study, finals, "curves", "optimizer_name,max_iters", f"adamw max_iters={study.T}"):
         figures.append(os.path.basename(output(study, "curves.png")) + " (with its .md)")

@@ -188,6 +188,11 @@ def test_the_time_estimate_uses_the_slowest_measured_speed(tmp_path, monkeypatch
         protocol.STARTUP_SECONDS + protocol.COMPILE_SECONDS + 600 * 0.06)
     official = protocol.Run("official", "adamw", 1e-3, 1 / 4, 600, 2001)  # smaller micro-batches: slower
     assert protocol.estimate_seconds(TUNED, official, compiled=True) > protocol.STARTUP_SECONDS + 600 * guess
+    small = protocol.GPT2_SMALL  # the 124M study's own start-up time
+    big = protocol.tuning_run(small, "adamw", 1e-3, 1 / 4)
+    assert protocol.estimate_seconds(small, big, compiled=True) == pytest.approx(
+        small.startup_seconds + 1000 * small.guess_seconds_per_iter)
+    assert small.startup_seconds > protocol.STARTUP_SECONDS
 
 
 # ----------------------------------------------------------------------------- the planner

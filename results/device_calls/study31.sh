@@ -2,9 +2,8 @@
 # seconds left as the call starts (status's budget_left_s; less ~40 s when the machine is cold).
 # Calls 14-30 (study14.sh) let a run go on past the call's end, to be resumed by the next call on the warm
 # machine; of the 10 runs so cut (calls 17-29), 7 were lost: the machine had been released (30 s idle) or
-# could not be started before the next call. So a call now starts only runs its estimate says finish within it, with a margin for that
-# estimate (start-up, compilation and the final checkpoint, ~385 s for a cold 124M run at T against ~355 s
-# estimated), and ends when the next run would not fit.
+# could not be started before the next call. So a call now starts only runs that the protocol's estimate says
+# finish within it, and ends when the next one would not fit.
 export PYTHONUNBUFFERED=1
 session=${1:?usage: bash study31.sh SESSION_SECONDS_LEFT}
 start=$(date +%s)
@@ -12,8 +11,7 @@ left() { echo $(( ${1} - ($(date +%s) - start) )); }
 call=$(( session - 30 < 570 ? session - 30 : 570 ))  # the tar below must come back before the call's limit
 [ -f data/enwiki/train.bin ] || python3 data/enwiki/prepare.py --src .carry > /tmp/prepare.log 2>&1 || { tail /tmp/prepare.log; exit 1; }
 echo "data ready after $(( $(date +%s) - start )) s" > $OUT/gpt2small.log
-python3 -W ignore scripts/protocol.py --study gpt2small --budget $(left $call) \
-    --finish-within $(left $(( call - 45 ))) >> $OUT/gpt2small.log 2>&1
+python3 -W ignore scripts/protocol.py --study gpt2small --budget $(left $call) >> $OUT/gpt2small.log 2>&1
 tar czf $OUT/results.tgz results/gpt2small
 tail -n 3 $OUT/gpt2small.log
 echo "took $(( $(date +%s) - start )) s"
