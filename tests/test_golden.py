@@ -21,7 +21,8 @@ import torch
 
 import train
 from model import GPT, GPTConfig
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import Config
 from training.metrics import read_metrics
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
@@ -86,13 +87,14 @@ def test_the_loop_logs_the_recorded_metrics(name, data_root, tmp_path, monkeypat
     if recorded_platform == platform():
         assert records == expected
     else:
-        assert_close(records, expected, win_rate_tolerances(checkpoint_model_args(out)), name)
+        run_model = model_from_checkpoint(load_checkpoint(os.path.join(out, "ckpt.pt")))
+        assert_close(records, expected, win_rate_tolerances(run_model), name)
 
 
 def test_the_platforms_recordings_agree_within_the_tolerances_a_change_of_behaviour_exceeds():
-    model_args = dict(n_layer=BASE["n_layer"], n_head=BASE["n_head"], n_embd=BASE["n_embd"],
-                      block_size=BASE["block_size"], bias=False)
-    tolerance = win_rate_tolerances(model_args)
+    model = GPT(GPTConfig(n_layer=BASE["n_layer"], n_head=BASE["n_head"], n_embd=BASE["n_embd"],
+                          block_size=BASE["block_size"], bias=Config.bias))  # every golden run's shape
+    tolerance = win_rate_tolerances(model)
     for name in RUNS:
         (_, first), *others = recordings(name)
         for _, other in others:
@@ -116,13 +118,9 @@ def assert_close(records, expected, tolerance, name):
             assert got[k] == pytest.approx(v, abs=tolerance[k]), (name, want["iter"], k)
 
 
-def checkpoint_model_args(out_dir):
-    return load_checkpoint(os.path.join(out_dir, "ckpt.pt"))["model_args"]
-
-
-def win_rate_tolerances(model_args):
-    """{win-rate key: WIN_RATE_COORDINATES coordinates of its parameter set}."""
-    sets = GPT(GPTConfig(**model_args)).param_sets()
+def win_rate_tolerances(model):
+    """{win-rate key: WIN_RATE_COORDINATES coordinates of its parameter set in `model`}."""
+    sets = model.param_sets()
     sizes = {f"train/win_rate/{name}": sum(p.numel() for p in params) for name, params in sets.items()}
     sizes["train/win_rate"] = sum(sizes.values())
     return {key: WIN_RATE_COORDINATES / n for key, n in sizes.items()}
