@@ -459,7 +459,7 @@ def gpu_count():
 def run_protocol(study, budget, workers, finish_within=None):
     """Run what the plan of `study` needs, `workers` runs at a time (one GPU each), highest priority first,
     for at most `budget` seconds (then the runs save and stop), starting no run that would not finish within
-    `finish_within` seconds (default: the budget); re-plan whenever a run finishes."""
+    `finish_within` seconds (default: the budget) but a later one that would; re-plan whenever a run finishes."""
     now = time.time()
     deadline = now + budget
     start_deadline = now + (budget if finish_within is None else finish_within)
@@ -479,18 +479,20 @@ def run_protocol(study, budget, workers, finish_within=None):
         future.set_result(execute(study, run, deadline))
         return future
 
-    started, compiled, running, stopping = set(), set(), {}, False
+    started, too_long, compiled, running, stopping = set(), set(), set(), {}, False
     try:
         while True:
             todo = [r for r in make_plan(study).runs if final_loss(study, r.name) is None and r.name not in started]
-            while todo and len(running) < workers and not stopping:
-                run = todo.pop(0)
-                estimate = estimate_seconds(study, run, run.optimizer in compiled)
-                if time.time() + estimate > start_deadline:
-                    print(f"== not starting {run.name}: needs ~{estimate:.0f} s, {start_deadline - time.time():.0f} "
-                          f"s left", flush=True)
-                    stopping = True
+            for run in todo:
+                if len(running) == workers or stopping:
                     break
+                estimate = estimate_seconds(study, run, run.optimizer in compiled)
+                if time.time() + estimate > start_deadline:  # a shorter run further down may still fit
+                    if run.name not in too_long:
+                        print(f"== not starting {run.name}: needs ~{estimate:.0f} s, "
+                              f"{start_deadline - time.time():.0f} s left", flush=True)
+                        too_long.add(run.name)
+                    continue
                 started.add(run.name)
                 compiled.add(run.optimizer)
                 running[submit(run)] = run

@@ -715,6 +715,17 @@ def test_a_budget_too_small_starts_nothing_and_says_so(tmp_path, monkeypatch):
     assert not os.path.exists(study.results) and not os.path.exists(study.out)
 
 
+def test_a_run_too_long_for_the_budget_lets_a_shorter_one_after_it_start(tmp_path, monkeypatch):
+    """The end of a call is not wasted: the highest-priority run that fits starts, named once as skipped."""
+    study = tiny_protocol(monkeypatch, make_root(tmp_path))
+    first, second = protocol.make_plan(study, {}).runs[:2]
+    monkeypatch.setattr(protocol, "estimate_seconds", lambda study, run, compiled: 0 if run == second else 10**6)
+    output = run_protocol(study, 600)
+    assert started(output) == [(second.name, "tune")]
+    assert len(re.findall(rf"^== not starting {re.escape(first.name)}: ", output, re.M)) == 1, output
+    assert protocol.final_loss(study, second.name) is not None and protocol.final_loss(study, first.name) is None
+
+
 def test_a_run_cut_at_the_budget_goes_on_in_the_next_invocation(tmp_path, monkeypatch):
     """finish_within beyond the budget (chained calls on one machine): a run too long for one invocation
     starts, saves and stops at the budget, and the next invocation resumes it from its checkpoint; its time

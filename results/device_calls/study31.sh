@@ -3,7 +3,7 @@
 # Calls 14-30 (study14.sh) let a run go on past the call's end, to be resumed by the next call on the warm
 # machine; of the 10 runs so cut (calls 17-29), 7 were lost: the machine had been released (30 s idle) or
 # could not be started before the next call. So a call now starts only runs that the protocol's estimate says
-# finish within it, and ends when the next one would not fit.
+# finish within it, and ends when the next one would not fit (from call 36: when no run left in the plan fits).
 export PYTHONUNBUFFERED=1
 session=${1:?usage: bash study31.sh SESSION_SECONDS_LEFT}
 start=$(date +%s)
