@@ -66,9 +66,7 @@ def recordings(name):
 
 def logged(out_dir):
     """The run's records without the config line and the timings."""
-    return [{k: v for k, v in r.items() if k not in TIMINGS}
-            for r in read_metrics(os.path.join(out_dir, "metrics.jsonl"))
-            if "config" not in r]
+    return [without(r, TIMINGS) for r in read_metrics(os.path.join(out_dir, "metrics.jsonl")) if "config" not in r]
 
 
 @pytest.mark.parametrize("name", RUNS)
@@ -78,8 +76,9 @@ def test_the_loop_logs_the_recorded_metrics(name, data_root, tmp_path, monkeypat
     train.main([f"--{k}={v}" for k, v in {**BASE, **RUNS[name], "out_dir": out}.items()])
     records = logged(out)
     if os.environ.get("GOLDEN") == "record":
-        os.makedirs(platform_folder(platform()), exist_ok=True)
-        with open(os.path.join(platform_folder(platform()), f"{name}.jsonl"), "w") as f:
+        folder = platform_folder(platform())
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
             f.writelines(json.dumps(line) + "\n" for line in [{"platform": platform()}, *records])
     recorded_platform, expected = recordings(name)[0]
     assert [sorted(r) for r in records] == [sorted(r) for r in expected]
