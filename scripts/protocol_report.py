@@ -188,11 +188,24 @@ def by_seed(runs, losses):
     return {r.seed: losses[r.name] for r in runs if r.name in losses and math.isfinite(losses[r.name])}
 
 
+def run_seconds_per_iter(study, runs):
+    """Training seconds per iteration of each complete run of a group."""
+    seconds = [(train_seconds(study, r), r.iters) for r in runs]
+    return [t / n for t, n in seconds if t]
+
+
 def seconds_per_iter(study, runs):
     """Mean training seconds per iteration over the complete runs of a group."""
-    seconds = [(train_seconds(study, r), r.iters) for r in runs]
-    seconds = [t / n for t, n in seconds if t]
+    seconds = run_seconds_per_iter(study, runs)
     return float(np.mean(seconds)) if seconds else None
+
+
+def ms_per_iter_cell(study, runs):
+    """The mean and, over several runs, their range: runs timed on different machines can differ by 5%."""
+    ms = [1000 * s for s in run_seconds_per_iter(study, runs)]
+    if len(ms) < 2:
+        return f"{ms[0]:.1f}" if ms else ""
+    return f"{np.mean(ms):.1f} ({min(ms):.1f} – {max(ms):.1f})"
 
 
 def tokens_per_iter(study, runs):
@@ -268,12 +281,11 @@ def speedup_section(study, plan, losses):
             for n in sorted({r.iters for r in plan.runs if r.phase == phase and r.optimizer == optimizer
                              and not r.overrides}):
                 runs = finals_of(plan, optimizer, n, phase)
-                spi = seconds_per_iter(study, runs)
                 label = LABELS[optimizer] + ("" if phase == "final" else f" ({phase})")
-                rows.append([label, str(n), mean_std(complete_losses(runs, losses)),
-                             "" if spi is None else f"{1000 * spi:.1f}"])
+                rows.append([label, str(n), mean_std(complete_losses(runs, losses)), ms_per_iter_cell(study, runs)])
     text += [compare.markdown_table(["optimizer", "iterations", "final val loss (mean ± std)",
-                                     "ms per iteration (training only)"], rows) if rows else "None yet.", ""]
+                                     "ms per iteration (training only; mean, range over runs)"], rows)
+             if rows else "None yet.", ""]
 
     text += ["## Speedup over AdamW and the verdict", ""]
     found = speedups(study, plan, losses)

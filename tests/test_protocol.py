@@ -867,7 +867,8 @@ def test_the_report_over_the_tiny_results(tiny, tmp_path, monkeypatch):
                  f"Failed runs (counted as infinitely bad): {bad}.",
                  "| lr | warmup iters (fraction) | rho | final val loss | mean win_rate |  |",
                  "| optimizer | lr | warmup | rho | val loss at T (seed 1337) |",
-                 "| optimizer | iterations | final val loss (mean ± std) | ms per iteration (training only) |",
+                 "| optimizer | iterations | final val loss (mean ± std) | ms per iteration (training only; mean, "
+                 "range over runs) |",
                  "| optimizer | iterations | seeds | step speedup S | 95% interval | token speedup | wall-clock "
                  "speedup | under the rule |",
                  "## Is Sophia-G's Hessian helping? (against sign momentum at T)",

@@ -724,7 +724,8 @@ def test_metrics_records(optimizer, straight_run):
     argv = args(optimizer_name=optimizer, dropout=0.1, max_iters=STRAIGHT_ITERS, out_dir=out)
     resolved, _ = init_distributed(load_config(argv))
     lines = read_metrics(os.path.join(out, "metrics.jsonl"))
-    assert lines[0] == {"config": dataclasses.asdict(resolved)}
+    assert lines[0] == {"config": dataclasses.asdict(resolved),
+                        "machine": {"host": socket.gethostname(), "accelerator": "cpu"}}  # times compare within one
     assert lines[0]["config"]["device"] == "cpu" and lines[0]["config"]["compile"] is False
     assert sum(kind(r) == "config" for r in lines) == 1
 

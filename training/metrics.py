@@ -4,7 +4,9 @@ and, when enabled, wandb under the same names (the official Sophia code's: train
 train/win_rate, hessian_norm, train/clip_rate, ...). Only rank 0 logs.
 
 The file is only ever appended to. The first line of each (re)start is `{"config": {...}}`, the resolved
-configuration; a resumed run's adds `"resumed_from": <the checkpoint's iteration>`. Every other line has
+configuration, and `"machine"`, where that process ran (host name and accelerator: runs are timed on
+machines that differ, and only times from one machine compare exactly); a resumed run's adds
+`"resumed_from": <the checkpoint's iteration>`. Every other line has
 `iter` (optimizer steps done), `tokens` (training tokens seen) and `time` (training seconds, without
 evaluation and checkpointing). Lines that the interrupted process wrote after its checkpoint stay in the
 file, and read_metrics, the one reader of the format, leaves them out: the resumed run logs those
@@ -14,7 +16,10 @@ iterations again.
 import dataclasses
 import json
 import os
+import socket
 import sys
+
+import torch
 
 
 class MetricsError(ValueError):
@@ -57,6 +62,12 @@ def _drop_torn_last_line(path):
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def machine(device):
+    """Where this process runs: two H200s of one model can differ by 5% in speed (docs/studies.md)."""
+    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    return {"host": socket.gethostname(), "accelerator": torch.cuda.get_device_name(device) if on_gpu else "cpu"}
+
+
 class MetricsLog:
     def __init__(self, path, cfg, resume_iter=None, wandb_run_id=None):
         self.path = path
@@ -64,7 +75,7 @@ class MetricsLog:
             _drop_torn_last_line(self.path)
         self.file = open(self.path, "a")
         self.wandb = None
-        start = {"config": dataclasses.asdict(cfg)}
+        start = {"config": dataclasses.asdict(cfg), "machine": machine(cfg.device)}
         self.write(start if resume_iter is None else {**start, "resumed_from": resume_iter})
         if cfg.wandb_log:
             self.wandb = start_wandb(cfg, wandb_run_id)
