@@ -19,8 +19,6 @@ import os
 import socket
 import sys
 
-import torch
-
 
 class MetricsError(ValueError):
     pass
@@ -64,6 +62,8 @@ def _drop_torn_last_line(path):
 
 def machine(device):
     """Where this process runs: two H200s of one model can differ by 5% in speed (docs/studies.md)."""
+    import torch  # here, not above: the report tools read metrics files without torch
+
     on_gpu = device.startswith("cuda") and torch.cuda.is_available()
     return {"host": socket.gethostname(), "accelerator": torch.cuda.get_device_name(device) if on_gpu else "cpu"}
 
