@@ -878,6 +878,19 @@ def test_the_report_over_the_tiny_results(tiny, tmp_path, monkeypatch):
     assert "| Sophia-G | 4 | 1 |" in text and "| AdamW | 8 | " in text
 
 
+def test_the_report_gives_each_groups_time_per_iteration_with_its_range(tmp_path, monkeypatch):
+    """Runs timed on different machines differ: the cell shows the mean and the range over runs, one run's time
+    alone, nothing for a group without a complete run."""
+    monkeypatch.chdir(tmp_path)  # results/tuned/ there
+    plan, losses = simulate(Bowl(SCENARIOS["in the grid"][0]))
+    sophia = protocol_report.finals_of(plan, "sophiag", T)
+    for run, ms in zip(sophia, (20, 22, 30)):
+        write_metrics(TUNED, run, 3.3, ms_per_iter=(ms,))
+    assert protocol_report.ms_per_iter_cell(TUNED, sophia) == "24.0 (20.0 – 30.0)"
+    assert protocol_report.ms_per_iter_cell(TUNED, sophia[:1]) == "20.0"
+    assert protocol_report.ms_per_iter_cell(TUNED, protocol_report.finals_of(plan, "lion", T)) == ""
+
+
 def test_the_report_applies_the_rule_to_the_interval(tmp_path, monkeypatch):
     """Synthetic final runs (3 seeds; AdamW's without spread) where Sophia-G's S is 1.07 but its interval
     reaches past 1.1: the report's verdict is "inconclusive", from [low, high], and its numbers are compare's."""
