@@ -766,6 +766,8 @@ def claims_rows(regimes):
     cell = "; ".join(f"{LABELS[o]} {stability(b)} ({fmt_loss(b)} without, {fmt_loss(a)} with)"
                      for o, (a, b, _) in found.items()) if found else "not run yet"
     word = ("yes" if math.isfinite(found["sophiag"][1]) else "no") if "sophiag" in found else "not measured yet"
+    if word == "yes" and "adamw" in found and math.isfinite(found["adamw"][1]):
+        word = "yes (so does AdamW)"  # the paper's point is the contrast: here it is not shown
     rows.append(["Trains without the attention's layer-index scaling", *["—"] * (len(regimes) - 1), cell, word])
 
     small, large = regimes[1], regimes[2]  # the same 131k batch

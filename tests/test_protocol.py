@@ -1072,6 +1072,11 @@ def test_claims_rows_give_each_claim_its_word():
     assert scaling[:2] == ["—", "—"] and scaling[3] == "yes" and "AdamW diverged" in scaling[2]
     size = rows["The gain grows with model size (S at 124M vs 30M, both 131k)"]
     assert size[2:] == ["S 1.20x vs 1.90x at 30M", "shrinks"]
+    both = regimes[:2] + [dataclasses.replace(regimes[2], no_scaling=dict(adamw=(3.0, 2.9, 11.0),
+                                                                          sophiag=(3.1, 3.12, 9.0)))]
+    scaling = {row[0]: row[1:] for row in protocol_report.claims_rows(both)}[
+        "Trains without the attention's layer-index scaling"]
+    assert scaling[3] == "yes (so does AdamW)" and "AdamW stable (2.9000 without, 3.0000 with)" in scaling[2]
 
     same = [Regime("a", sophia=speedup_row(0.66, 0.64, 0.68)), Regime("b", sophia=speedup_row(0.7, 0.6, 0.75)),
             Regime("c")]
