@@ -984,7 +984,7 @@ def tiny_gpt2small(tmp_path_factory):
             protocol.GPT2_SMALL, scale_config=str(root / "tiny_scale.py"), T=TINY_T, final_seeds=(3001, 3002),
             settings=(("n_layer", 2), ("total_bs", 8), ("batch_size", 8), ("val_eval", "full")), tuning=protocol.Tuning(
                 adamw=dict(lr=(1e-2,), warmup=(1 / 4,)), sophiag=dict(lr=(1e-2,), warmup=(1 / 4,), rho=(0.05,)),
-                sophia_rhos=(0.05,), lion_factors=(), sign_factors=()))
+                sophia_rhos=(0.05,), lion_factors=(1,), sign_factors=()))
         output = run_protocol(study, math.inf)
         mp.setattr(compare, "speedup_interval", functools.partial(compare.speedup_interval, resamples=50))
         mp.setattr(protocol_report, "OUT", str(root) + os.sep)
@@ -1000,9 +1000,11 @@ def test_the_tiny_124m_study_runs_every_phase(tiny_gpt2small, monkeypatch):
     plan = protocol.make_plan(study, losses)
     assert output.rstrip().endswith("== the protocol is complete")
     phases = [r.phase for r in plan.runs]
-    # tuning 2 + 2 (lr 1e-2 and its neighbour 2e-2), finals 3 x 2 seeds, the sequential stage 2, the pair 2
+    # tuning 2 + 2 + 2 (lr 1e-2 and its neighbour 2e-2), finals 4 x 2 seeds, the sequential stage 2, the pair 2
     assert (phases.count("tune"), phases.count("final"), phases.count("sequential"), phases.count("noscale")) == (
-        4, 6, 2, 2)
+        6, 8, 2, 2)
+    lion = [i for i, r in enumerate(plan.runs) if r.optimizer == "lion"]
+    assert lion == list(range(len(plan.runs) - 4, len(plan.runs)))  # its tuning and finals come last
     at_T = {o: np.mean([losses[r.name] for r in plan.runs if (r.phase, r.optimizer) == ("final", o)])
             for o in ("adamw", "sophiag")}
     sequential = {r.iters for r in plan.runs if r.phase == "sequential"}
@@ -1029,7 +1031,9 @@ def test_the_tiny_124m_studys_report_and_claims(tiny_gpt2small):
         assert line in text, line
     assert "**Verdict (the rule stated in advance): Sophia-G at T" in text
     assert regime.sophia is not None and regime.sophia["seeds"] == 2 and regime.sophia["iters"] == TINY_T
-    assert set(regime.clip) == {"adamw", "sophiag", "signmomentum"} and regime.overhead is not None
+    assert set(regime.clip) == {"adamw", "sophiag", "signmomentum", "lion"} and regime.overhead is not None
+    assert set(regime.others) == {"sign momentum", "Lion"} and regime.others["Lion"]["seeds"] == 2
+    assert "| Lion | 4 |" in text  # its finals, beside the others
     assert regime.control is not None and regime.control["seeds"] == [3001, 3002]
     assert set(regime.no_scaling) == {"adamw", "sophiag"}
 
