@@ -50,7 +50,7 @@ from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from training.config import OPTIMIZER_NAMES, Config, ConfigError, load_config, make_config
 from training.distributed import accumulation_steps, init_distributed
 from training.log_window import Stopwatch
-from training.metrics import MetricsError, read_metrics
+from training.metrics import MetricsError, machine, read_metrics
 from training.refresh import Refresh
 from training.step import get_lr
 
@@ -716,6 +716,17 @@ def check_common_train_records(train_records, resolved, model):
         assert r["param_norm"] > 0
     last = train_records[max(train_records)]
     assert last["param_norm"] == pytest.approx(norm_of(model.parameters()), rel=1e-4)  # float32 sums: 2e-5
+
+
+def test_a_gpu_runs_first_record_names_its_gpu_by_uuid(monkeypatch):
+    """Host names alike on every machine ("vm" on the study's) tell machines apart only by the GPU's UUID."""
+    props = type("Properties", (), {"uuid": "GPU-1234"})()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    assert machine("cuda") == {"host": socket.gethostname(), "accelerator": "NVIDIA H200",
+                               "accelerator_id": "GPU-1234"}
+    assert machine("cpu") == {"host": socket.gethostname(), "accelerator": "cpu"}
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sophiag"])

@@ -4,8 +4,8 @@ and, when enabled, wandb under the same names (the official Sophia code's: train
 train/win_rate, hessian_norm, train/clip_rate, ...). Only rank 0 logs.
 
 The file is only ever appended to. The first line of each (re)start is `{"config": {...}}`, the resolved
-configuration, and `"machine"`, where that process ran (host name and accelerator: runs are timed on
-machines that differ, and only times from one machine compare exactly); a resumed run's adds
+configuration, and `"machine"`, where that process ran (host name, accelerator, and a GPU's UUID: runs are
+timed on machines that differ, and only times from one machine compare exactly); a resumed run's adds
 `"resumed_from": <the checkpoint's iteration>`. Every other line has
 `iter` (optimizer steps done), `tokens` (training tokens seen) and `time` (training seconds, without
 evaluation and checkpointing). Lines that the interrupted process wrote after its checkpoint stay in the
@@ -64,8 +64,12 @@ def machine(device):
     """Where this process runs: two H200s of one model can differ by 5% in speed (docs/studies.md)."""
     import torch  # here, not above: the report tools read metrics files without torch
 
-    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
-    return {"host": socket.gethostname(), "accelerator": torch.cuda.get_device_name(device) if on_gpu else "cpu"}
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return {"host": socket.gethostname(), "accelerator": "cpu"}
+    # the GPU's UUID tells two machines apart where their host names are alike (on the study's machines: "vm")
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return {"host": socket.gethostname(), "accelerator": torch.cuda.get_device_name(device),
+            "accelerator_id": None if uuid is None else str(uuid)}
 
 
 class MetricsLog:
