@@ -74,7 +74,9 @@ def tuning_sections(study, plan, losses):
         runs = sorted((r for r in plan.runs if r.phase == "tune" and r.optimizer == optimizer),
                       key=lambda r: (r.rho or 0, r.warmup, r.lr))
         if not runs:
-            text += [f"{label}: not planned yet (waits on the tuning it starts from).", ""]
+            text += [f"{label}: " + ("no tuning runs of its own (its settings below come from another "
+                                     "optimizer's tuning)." if optimizer in plan.best else
+                                     "not planned yet (waits on the tuning it starts from)."), ""]
             continue
         rows = []
         for r in runs:
@@ -85,8 +87,10 @@ def tuning_sections(study, plan, losses):
                          "**best**" if plan.best.get(optimizer) == r else ""])
         text += [f"### {label}", "", compare.markdown_table(
             ["lr", "warmup iters (fraction)", "rho", "final val loss", "mean win_rate", ""], rows), ""]
+    tuned = {r.name for r in plan.runs if r.phase == "tune"}
     rows = [[LABELS[o], f"{r.lr:g}", f"{r.warmup:.3g} of the length", "" if r.rho is None else f"{r.rho:g}",
-             fmt_loss(losses.get(r.name))] for o, r in plan.best.items() if o in LABELS]
+             fmt_loss(losses.get(r.name)) if r.name in tuned else "not tuned"]
+            for o, r in plan.best.items() if o in LABELS]
     text += ["### Tuned settings", "", compare.markdown_table(
         ["optimizer", "lr", "warmup", "rho", f"val loss at T (seed {study.tune_seed})"], rows) if rows else "None yet.",
         ""]

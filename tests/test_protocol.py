@@ -1034,6 +1034,9 @@ def test_the_tiny_124m_studys_report_and_claims(tiny_gpt2small):
     assert set(regime.clip) == {"adamw", "sophiag", "signmomentum", "lion"} and regime.overhead is not None
     assert set(regime.others) == {"sign momentum", "Lion"} and regime.others["Lion"]["seeds"] == 2
     assert "| Lion | 4 |" in text  # its finals, beside the others
+    # sign momentum runs at Sophia-G's tuned settings: it has no tuning run to wait for
+    assert "sign momentum: no tuning runs of its own" in text and "not planned yet" not in text
+    assert "| sign momentum | " in text and "| not tuned |" in text and "| to do |" not in text
     assert regime.control is not None and regime.control["seeds"] == [3001, 3002]
     assert set(regime.no_scaling) == {"adamw", "sophiag"}
 
