@@ -74,9 +74,9 @@ def tuning_sections(study, plan, losses):
         runs = sorted((r for r in plan.runs if r.phase == "tune" and r.optimizer == optimizer),
                       key=lambda r: (r.rho or 0, r.warmup, r.lr))
         if not runs:
-            text += [f"{label}: " + ("no tuning runs of its own (its settings below come from another "
-                                     "optimizer's tuning)." if optimizer in plan.best else
-                                     "not planned yet (waits on the tuning it starts from)."), ""]
+            why = ("no tuning runs of its own (its settings below come from another optimizer's tuning)"
+                   if optimizer in plan.best else "not planned yet (waits on the tuning it starts from)")
+            text += [f"{label}: {why}.", ""]
             continue
         rows = []
         for r in runs:
